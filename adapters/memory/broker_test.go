@@ -1,0 +1,111 @@
+package memory_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/taskqueue/taskqueue/adapters/brokertest"
+	"github.com/taskqueue/taskqueue/adapters/memory"
+	"github.com/taskqueue/taskqueue/domain"
+	"github.com/taskqueue/taskqueue/ports"
+)
+
+func newBroker(t *testing.T, cfg brokertest.Config) ports.Broker {
+	b, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func TestContract(t *testing.T) { brokertest.Run(t, newBroker) }
+
+func TestNewValidates(t *testing.T) {
+	if _, err := memory.New(memory.Options{QueueSize: 0}); err == nil {
+		t.Error("queue size 0 accepted")
+	}
+	if _, err := memory.New(memory.Options{QueueSize: 1, Retention: -1}); err == nil {
+		t.Error("negative retention accepted")
+	}
+}
+
+func TestCloseWakesWaitersAndCountsDropped(t *testing.T) {
+	b, _ := memory.New(memory.Options{QueueSize: 10, Retention: time.Hour})
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		_ = b.Enqueue(ctx, brokertest.NewTask(t, 0, 1))
+	}
+	running, _ := b.Dequeue(ctx)
+	p, _ := domain.NewRetryPolicy(time.Hour, time.Hour)
+	_ = running.Fail(time.Now(), "x", p, 0.5)
+	if err := b.Settle(ctx, 1, running); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = b.Dequeue(ctx) // one running
+	if s := b.Stats(); s != (memory.Stats{Pending: 1, Running: 1, Retrying: 1}) {
+		t.Fatalf("Stats = %+v", s)
+	}
+	empty, _ := memory.New(memory.Options{QueueSize: 1})
+	errc := make(chan error, 1)
+	go func() { _, err := empty.Dequeue(ctx); errc <- err }()
+	empty.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, domain.ErrShuttingDown) {
+			t.Fatalf("waiting Dequeue after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake a waiting Dequeue")
+	}
+	if s := b.Close(); s.Pending != 1 || s.Retrying != 1 {
+		t.Fatalf("Close reported %+v", s)
+	}
+	b.Close() // idempotent
+	if err := b.Enqueue(ctx, brokertest.NewTask(t, 0, 0)); !errors.Is(err, domain.ErrShuttingDown) {
+		t.Fatalf("Enqueue after Close: %v", err)
+	}
+}
+
+func TestRetentionWithInjectedClock(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	b, _ := memory.New(memory.Options{QueueSize: 10, Retention: time.Hour, Now: func() time.Time { return now }})
+	ctx := context.Background()
+	task := brokertest.NewTask(t, 0, 0)
+	_ = b.Enqueue(ctx, task)
+	running, _ := b.Dequeue(ctx)
+	_ = running.Succeed(now)
+	_ = b.Settle(ctx, 1, running)
+	now = now.Add(time.Hour - time.Nanosecond)
+	if _, err := b.Get(ctx, task.ID()); err != nil {
+		t.Fatalf("just before retention ends: %v", err)
+	}
+	now = now.Add(time.Nanosecond)
+	if _, err := b.Get(ctx, task.ID()); !errors.Is(err, domain.ErrTaskNotFound) {
+		t.Fatalf("at retention end: %v", err)
+	}
+	if s := b.Stats(); s.Finished != 0 {
+		t.Fatalf("expired task still held: %+v", s)
+	}
+}
+
+func TestRingGrowsAndShrinksInOrder(t *testing.T) {
+	b, _ := memory.New(memory.Options{QueueSize: 10000, Retention: time.Hour})
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < 5000; i++ {
+		task := brokertest.NewTask(t, 5, 0)
+		ids = append(ids, task.ID().String())
+		if err := b.Enqueue(ctx, task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, id := range ids {
+		got, err := b.Dequeue(ctx)
+		if err != nil || got.ID().String() != id {
+			t.Fatalf("dequeue %d: %v %v; want %s", i, got, err, id)
+		}
+	}
+}

@@ -1,0 +1,204 @@
+package domain
+
+import (
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Limits on what a task may hold.
+const (
+	MaxTypeLength     = 128
+	MaxMaxRetries     = 100
+	DefaultMaxRetries = 1
+)
+
+// Task is one unit of work: a type naming its handler, an opaque payload,
+// and the record of its attempts. Its fields change only through the
+// transition methods, which refuse moves the lifecycle does not allow.
+//
+// A Task is not safe for concurrent use; brokers hand out copies.
+type Task struct {
+	id            uuid.UUID
+	taskType      string
+	payload       []byte
+	priority      Priority
+	maxRetries    int
+	status        Status
+	attempts      int
+	lastError     string
+	createdAt     time.Time
+	updatedAt     time.Time
+	startedAt     time.Time
+	finishedAt    time.Time
+	nextAttemptAt time.Time
+}
+
+// NewTask returns a pending task, or a *ValidationError naming the first
+// field that breaks a rule: id must be set, taskType must pass
+// ValidateType, maxRetries must be in 0..MaxMaxRetries. payload is kept as
+// given and must not be modified afterwards.
+func NewTask(id uuid.UUID, taskType string, payload []byte, priority Priority, maxRetries int, now time.Time) (*Task, error) {
+	if id == uuid.Nil {
+		return nil, invalid("id", "must not be empty")
+	}
+	if err := ValidateType(taskType); err != nil {
+		return nil, err
+	}
+	if maxRetries < 0 || maxRetries > MaxMaxRetries {
+		return nil, invalid("max_retries", "must be an integer from 0 to %d, got %d", MaxMaxRetries, maxRetries)
+	}
+	now = now.UTC()
+	return &Task{
+		id:         id,
+		taskType:   taskType,
+		payload:    payload,
+		priority:   priority,
+		maxRetries: maxRetries,
+		status:     StatusPending,
+		createdAt:  now,
+		updatedAt:  now,
+	}, nil
+}
+
+// ValidateType returns a *ValidationError for field "type" unless t is 1 to
+// MaxTypeLength characters of ASCII letters, digits, '_', '-', '.' or ':'.
+func ValidateType(t string) error {
+	if t == "" {
+		return invalid("type", "is required")
+	}
+	if len(t) > MaxTypeLength {
+		return invalid("type", "must be at most %d characters, got %d", MaxTypeLength, len(t))
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '_' || c == '-' || c == '.' || c == ':'
+		if !ok {
+			return invalid("type", "may contain only letters, digits and _ - . : (found %q at position %d)", rune(c), i)
+		}
+	}
+	return nil
+}
+
+// ID returns the task's id.
+func (t *Task) ID() uuid.UUID { return t.id }
+
+// Type returns the name of the handler that runs the task.
+func (t *Task) Type() string { return t.taskType }
+
+// Payload returns the task's payload; callers must not modify it.
+func (t *Task) Payload() []byte { return t.payload }
+
+// Priority returns the task's priority.
+func (t *Task) Priority() Priority { return t.priority }
+
+// MaxRetries returns how many times a failed attempt may be retried.
+func (t *Task) MaxRetries() int { return t.maxRetries }
+
+// Status returns where the task is in its lifecycle.
+func (t *Task) Status() Status { return t.status }
+
+// Attempts returns how many attempts have started (an attempt handed back
+// by a stopping instance is not counted).
+func (t *Task) Attempts() int { return t.attempts }
+
+// LastError returns the message of the most recent failure, or "".
+func (t *Task) LastError() string { return t.lastError }
+
+// CreatedAt returns when the task was submitted.
+func (t *Task) CreatedAt() time.Time { return t.createdAt }
+
+// UpdatedAt returns when the task last changed.
+func (t *Task) UpdatedAt() time.Time { return t.updatedAt }
+
+// StartedAt returns when the latest attempt started, or the zero time.
+func (t *Task) StartedAt() time.Time { return t.startedAt }
+
+// FinishedAt returns when the task succeeded or failed for good, or the
+// zero time.
+func (t *Task) FinishedAt() time.Time { return t.finishedAt }
+
+// NextAttemptAt returns when a retrying task becomes pending again, or the
+// zero time.
+func (t *Task) NextAttemptAt() time.Time { return t.nextAttemptAt }
+
+// Start begins a new attempt of a pending task: it becomes running and its
+// attempt count grows by one. It returns a *TransitionError otherwise.
+func (t *Task) Start(now time.Time) error {
+	if t.status != StatusPending {
+		return &TransitionError{Action: "start", From: t.status}
+	}
+	now = now.UTC()
+	t.status = StatusRunning
+	t.attempts++
+	t.startedAt = now
+	t.nextAttemptAt = time.Time{}
+	t.updatedAt = now
+	return nil
+}
+
+// Succeed ends a running task's attempt in success. It returns a
+// *TransitionError unless the task is running.
+func (t *Task) Succeed(now time.Time) error {
+	if t.status != StatusRunning {
+		return &TransitionError{Action: "succeed", From: t.status}
+	}
+	now = now.UTC()
+	t.status = StatusSucceeded
+	t.finishedAt = now
+	t.updatedAt = now
+	return nil
+}
+
+// Fail ends a running task's attempt in failure with the given cause. If
+// the task has retries left it becomes retrying until now plus the
+// policy's delay for this attempt (random in [0, 1) picks the jitter);
+// otherwise it becomes failed. It returns a *TransitionError unless the
+// task is running.
+func (t *Task) Fail(now time.Time, cause string, policy RetryPolicy, random float64) error {
+	if t.status != StatusRunning {
+		return &TransitionError{Action: "fail", From: t.status}
+	}
+	now = now.UTC()
+	t.lastError = cause
+	t.updatedAt = now
+	if t.attempts <= t.maxRetries {
+		t.status = StatusRetrying
+		t.nextAttemptAt = now.Add(policy.NextDelay(t.attempts, random))
+		return nil
+	}
+	t.status = StatusFailed
+	t.finishedAt = now
+	return nil
+}
+
+// WillRetry reports whether the task is waiting for another attempt.
+func (t *Task) WillRetry() bool { return t.status == StatusRetrying }
+
+// Requeue makes a retrying task pending again once its backoff is over. It
+// returns a *TransitionError unless the task is retrying.
+func (t *Task) Requeue(now time.Time) error {
+	if t.status != StatusRetrying {
+		return &TransitionError{Action: "requeue", From: t.status}
+	}
+	t.status = StatusPending
+	t.nextAttemptAt = time.Time{}
+	t.updatedAt = now.UTC()
+	return nil
+}
+
+// Release hands a running task back unfinished (its instance is stopping):
+// it becomes pending again and the attempt does not count against its
+// retries. reason is recorded as the last error. It returns a
+// *TransitionError unless the task is running.
+func (t *Task) Release(now time.Time, reason string) error {
+	if t.status != StatusRunning {
+		return &TransitionError{Action: "release", From: t.status}
+	}
+	t.status = StatusPending
+	t.attempts--
+	t.lastError = reason
+	t.updatedAt = now.UTC()
+	return nil
+}

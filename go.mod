@@ -1,0 +1,16 @@
+module github.com/taskqueue/taskqueue
+
+go 1.26.8
+
+require (
+	github.com/golang/mock v1.6.0
+	github.com/google/uuid v1.6.0
+)
+
+require (
+	github.com/sirupsen/logrus v1.10.2 // indirect
+	golang.org/x/mod v0.4.2 // indirect
+	golang.org/x/sys v0.13.0 // indirect
+	golang.org/x/tools v0.1.1 // indirect
+	golang.org/x/xerrors v0.0.0-20200804184101-5ec99f83aff1 // indirect
+)

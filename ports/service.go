@@ -1,0 +1,32 @@
+//go:generate go run github.com/golang/mock/mockgen -source=$GOFILE -destination=mocks/service.go -package=mocks
+
+package ports
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"github.com/taskqueue/taskqueue/domain"
+)
+
+// Submission is what a client asks to run.
+type Submission struct {
+	Type       string
+	Payload    []byte // a JSON object, already checked by the caller
+	Priority   int
+	MaxRetries int
+}
+
+// TaskService is the inbound port: the use cases the API offers.
+type TaskService interface {
+	// Submit validates and enqueues a new task and returns it. It returns a
+	// *domain.ValidationError (errors.Is domain.ErrInvalidInput) for a bad
+	// field, a *domain.UnknownTypeError when no handler serves the type,
+	// domain.ErrQueueFull, domain.ErrShuttingDown and domain.ErrUnavailable.
+	Submit(ctx context.Context, s Submission) (*domain.Task, error)
+
+	// Get returns the task with the given id, domain.ErrTaskNotFound, or
+	// domain.ErrUnavailable.
+	Get(ctx context.Context, id uuid.UUID) (*domain.Task, error)
+}
