@@ -1,0 +1,253 @@
+package application_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang/mock/gomock"
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/taskqueue/taskqueue/application"
+	"github.com/taskqueue/taskqueue/domain"
+	"github.com/taskqueue/taskqueue/ports"
+	"github.com/taskqueue/taskqueue/ports/mocks"
+)
+
+type processorSUT struct {
+	proc    *application.Processor
+	queue   *mocks.MockTaskQueue
+	exec    *mocks.MockExecutor
+	handler *mocks.MockHandler
+	logs    *test.Hook
+	policy  domain.RetryPolicy
+}
+
+func newProcessorSUT(t *testing.T) processorSUT {
+	ctrl := gomock.NewController(t)
+	queue := mocks.NewMockTaskQueue(ctrl)
+	exec := mocks.NewMockExecutor(ctrl)
+	handler := mocks.NewMockHandler(ctrl)
+	log, hook := test.NewNullLogger()
+	policy, _ := domain.NewRetryPolicy(time.Second, time.Minute)
+	proc := application.NewProcessor(queue, exec, map[string]ports.Handler{"webhook": handler}, application.ProcessorConfig{
+		Policy:             policy,
+		TaskTimeout:        time.Hour,
+		UnavailableBackoff: time.Millisecond,
+		Now:                func() time.Time { return now },
+		Random:             func() float64 { return 0.5 },
+	}, log)
+	return processorSUT{proc: proc, queue: queue, exec: exec, handler: handler, logs: hook, policy: policy}
+}
+
+// runningTask returns a task of the given type after its attempt-th start.
+func runningTask(t *testing.T, typ string, maxRetries, attempt int) *domain.Task {
+	p, _ := domain.ParsePriority(4)
+	task, err := domain.NewTask(taskID, typ, []byte(`{}`), p, maxRetries, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, _ := domain.NewRetryPolicy(time.Second, time.Second)
+	for i := 1; i <= attempt; i++ {
+		_ = task.Start(now)
+		if i < attempt {
+			_ = task.Fail(now, "earlier", policy, 0)
+			_ = task.Requeue(now)
+		}
+	}
+	return task
+}
+
+func (s processorSUT) process(t *testing.T, task *domain.Task) *domain.Task {
+	t.Helper()
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	var got *domain.Task
+	s.queue.EXPECT().Settle(gomock.Any(), task.Attempts(), gomock.Any()).DoAndReturn(
+		func(_ context.Context, _ int, stored *domain.Task) error { got = stored; return nil })
+	if err := s.proc.ProcessNext(context.Background(), context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got == nil {
+		t.Fatal("outcome was not settled")
+	}
+	return got
+}
+
+func lastLevel(h *test.Hook) logrus.Level { return h.LastEntry().Level }
+
+func TestProcessSuccess(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 1, 1)
+	s.handler.EXPECT().Handle(gomock.Any(), task).Return(nil)
+	got := s.process(t, task)
+	if got.Status() != domain.StatusSucceeded || got.FinishedAt() != now {
+		t.Fatalf("after success: %+v", got.Snapshot())
+	}
+	e := s.logs.LastEntry()
+	if e.Level != logrus.InfoLevel || e.Data["attempt"] != 1 || e.Data["task_id"] != taskID || e.Data["duration_ms"] != int64(0) {
+		t.Fatalf("log: %v %v", e.Level, e.Data)
+	}
+}
+
+func TestProcessFailureRetriesWithPolicyDelay(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 3, 2)
+	s.handler.EXPECT().Handle(gomock.Any(), task).Return(errors.New("webhook returned 500"))
+	got := s.process(t, task)
+	if got.Status() != domain.StatusRetrying || got.LastError() != "webhook returned 500" ||
+		got.NextAttemptAt() != now.Add(s.policy.NextDelay(2, 0.5)) {
+		t.Fatalf("after failure: %+v", got.Snapshot())
+	}
+	if e := s.logs.LastEntry(); e.Level != logrus.WarnLevel || e.Data["error"] != "webhook returned 500" {
+		t.Fatalf("log: %v %v", e.Level, e.Data)
+	}
+}
+
+func TestProcessLastFailureGivesUp(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 1, 2)
+	s.handler.EXPECT().Handle(gomock.Any(), task).Return(errors.New("nope"))
+	got := s.process(t, task)
+	if got.Status() != domain.StatusFailed || got.LastError() != "nope" {
+		t.Fatalf("after last failure: %+v", got.Snapshot())
+	}
+	if lastLevel(s.logs) != logrus.ErrorLevel {
+		t.Fatalf("give-up logged at %v", lastLevel(s.logs))
+	}
+}
+
+func TestProcessPanicIsAFailureWithStack(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 0, 1)
+	s.handler.EXPECT().Handle(gomock.Any(), task).DoAndReturn(func(context.Context, *domain.Task) error { panic("kaboom") })
+	got := s.process(t, task)
+	if got.Status() != domain.StatusFailed || !strings.Contains(got.LastError(), "panicked: kaboom") {
+		t.Fatalf("after panic: %+v", got.Snapshot())
+	}
+	if stack, _ := s.logs.LastEntry().Data["stack"].(string); !strings.Contains(stack, "goroutine") {
+		t.Fatalf("panic logged without a stack: %v", s.logs.LastEntry().Data)
+	}
+}
+
+func TestProcessTimeout(t *testing.T) {
+	ctrl := gomock.NewController(t)
+	queue := mocks.NewMockTaskQueue(ctrl)
+	log, _ := test.NewNullLogger()
+	policy, _ := domain.NewRetryPolicy(time.Second, time.Second)
+	handler := ports.HandlerFunc(func(ctx context.Context, _ *domain.Task) error {
+		<-ctx.Done() // a well-behaved handler stops at the deadline
+		return ctx.Err()
+	})
+	proc := application.NewProcessor(queue, nil, map[string]ports.Handler{"webhook": handler},
+		application.ProcessorConfig{Policy: policy, TaskTimeout: 20 * time.Millisecond}, log)
+	task := runningTask(t, "webhook", 0, 1)
+	queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	var got *domain.Task
+	queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(_ context.Context, _ int, st *domain.Task) error { got = st; return nil })
+	if err := proc.ProcessNext(context.Background(), context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status() != domain.StatusFailed || got.LastError() != "attempt timed out after 20ms" {
+		t.Fatalf("after timeout: %+v", got.Snapshot())
+	}
+}
+
+func TestProcessHandsBackWhenStopped(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 0, 1)
+	workCtx, stop := context.WithCancel(context.Background())
+	s.handler.EXPECT().Handle(gomock.Any(), task).DoAndReturn(func(ctx context.Context, _ *domain.Task) error {
+		stop() // the instance gives up on running attempts
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	var got *domain.Task
+	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(ctx context.Context, _ int, st *domain.Task) error {
+		if ctx.Err() != nil {
+			t.Error("hand-back settled on a cancelled context")
+		}
+		got = st
+		return nil
+	})
+	if err := s.proc.ProcessNext(context.Background(), workCtx); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status() != domain.StatusPending || got.Attempts() != 0 || got.LastError() != application.ReleasedMessage {
+		t.Fatalf("after hand-back: %+v", got.Snapshot())
+	}
+}
+
+func TestProcessUnknownTypeFails(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "other", 0, 1)
+	got := s.process(t, task)
+	if got.Status() != domain.StatusFailed || !strings.Contains(got.LastError(), `no handler for type "other"`) {
+		t.Fatalf("%+v", got.Snapshot())
+	}
+}
+
+func TestProcessStaleSettleIsLoggedNotFatal(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 0, 1)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	s.handler.EXPECT().Handle(gomock.Any(), task).Return(nil)
+	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).Return(domain.ErrStaleAttempt)
+	if err := s.proc.ProcessNext(context.Background(), context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if e := s.logs.LastEntry(); e.Level != logrus.WarnLevel || !strings.Contains(e.Message, "discarded") {
+		t.Fatalf("log: %v %q", e.Level, e.Message)
+	}
+}
+
+func TestProcessDequeueErrors(t *testing.T) {
+	s := newProcessorSUT(t)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(nil, domain.ErrUnavailable)
+	if err := s.proc.ProcessNext(context.Background(), context.Background()); !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("got %v", err)
+	}
+	if lastLevel(s.logs) != logrus.WarnLevel {
+		t.Fatal("unavailable broker not logged")
+	}
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(nil, domain.ErrShuttingDown)
+	if err := s.proc.ProcessNext(context.Background(), context.Background()); !errors.Is(err, domain.ErrShuttingDown) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestRunFeedsExecutorUntilQueueCloses(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 0, 1)
+	gomock.InOrder(
+		s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil),
+		s.queue.EXPECT().Dequeue(gomock.Any()).Return(nil, domain.ErrShuttingDown),
+	)
+	s.handler.EXPECT().Handle(gomock.Any(), task).Return(nil)
+	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).Return(nil)
+	s.exec.EXPECT().Go(gomock.Any(), gomock.Any()).DoAndReturn(func(ctx context.Context, work func(context.Context)) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		work(context.Background()) // run inline: the mock is a one-worker pool
+		return nil
+	}).Times(3) // success, shutdown seen, refused
+	if err := s.proc.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunReturnsExecutorShutdown(t *testing.T) {
+	s := newProcessorSUT(t)
+	s.exec.EXPECT().Go(gomock.Any(), gomock.Any()).Return(domain.ErrShuttingDown)
+	if err := s.proc.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.exec.EXPECT().Go(gomock.Any(), gomock.Any()).Return(errors.New("odd"))
+	if err := s.proc.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "odd") {
+		t.Fatalf("got %v", err)
+	}
+}
