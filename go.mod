@@ -5,11 +5,11 @@ go 1.26.8
 require (
 	github.com/golang/mock v1.6.0
 	github.com/google/uuid v1.6.0
+	github.com/gorilla/mux v1.8.1
+	github.com/sirupsen/logrus v1.10.2
 )
 
 require (
-	github.com/gorilla/mux v1.8.1 // indirect
-	github.com/sirupsen/logrus v1.10.2 // indirect
 	golang.org/x/mod v0.4.2 // indirect
 	golang.org/x/sys v0.13.0 // indirect
 	golang.org/x/tools v0.1.1 // indirect

@@ -1,0 +1,39 @@
+// Package logging builds the service's logrus logger from its settings.
+package logging
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Formats the logger can write.
+const (
+	FormatText = "text"
+	FormatJSON = "json"
+)
+
+// New returns a logger writing to out at the named level ("debug",
+// "info", "warn", "error") in the named format (FormatText or FormatJSON,
+// where every line is one JSON object). It returns an error naming the
+// bad value otherwise.
+func New(out io.Writer, level, format string) (*logrus.Logger, error) {
+	lvl, err := logrus.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("log-level: %q is not one of panic, fatal, error, warn, info, debug, trace", level)
+	}
+	log := logrus.New()
+	log.SetOutput(out)
+	log.SetLevel(lvl)
+	switch format {
+	case FormatText:
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano, DisableColors: true})
+	case FormatJSON:
+		log.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
+	default:
+		return nil, fmt.Errorf("log-format: %q is not %q or %q", format, FormatText, FormatJSON)
+	}
+	return log, nil
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := parseConfig(nil, env(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != ":8080" || cfg.Workers != 5 || cfg.QueueSize != 10000 || cfg.MaxBodyBytes != 1<<20 ||
+		cfg.RetryPolicy.Initial() != time.Second || cfg.RetryPolicy.Max() != 5*time.Minute ||
+		cfg.TaskTimeout != 30*time.Second || cfg.Retention != time.Hour || cfg.ShutdownTimeout != 30*time.Second ||
+		cfg.LogLevel != "info" || cfg.LogFormat != "text" || len(cfg.Webhooks) != 0 {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+func TestConfigEnvAndFlagPrecedence(t *testing.T) {
+	e := env(map[string]string{
+		"TASKQUEUE_WORKERS":               "7",
+		"TASKQUEUE_QUEUE_SIZE":            "3",
+		"TASKQUEUE_RETRY_INITIAL_BACKOFF": "2s",
+		"TASKQUEUE_LOG_FORMAT":            "json",
+		"TASKQUEUE_HANDLERS":              "a=http://x/a, b=https://y/b",
+	})
+	cfg, err := parseConfig([]string{"--workers", "9", "--handler", "c=http://z/c"}, e, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers != 9 || cfg.QueueSize != 3 || cfg.RetryPolicy.Initial() != 2*time.Second || cfg.LogFormat != "json" {
+		t.Fatalf("got %+v", cfg)
+	}
+	if len(cfg.Webhooks) != 1 || cfg.Webhooks[0] != (webhookSpec{"c", "http://z/c"}) {
+		t.Fatalf("flag must win over TASKQUEUE_HANDLERS: %+v", cfg.Webhooks)
+	}
+	cfg, _ = parseConfig(nil, e, nil)
+	if len(cfg.Webhooks) != 2 || cfg.Webhooks[1] != (webhookSpec{"b", "https://y/b"}) {
+		t.Fatalf("from env: %+v", cfg.Webhooks)
+	}
+}
+
+func TestConfigInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--workers", "0"}, nil, "workers"},
+		{[]string{"--queue-size", "-1"}, nil, "queue-size"},
+		{[]string{"--max-body-bytes", "0"}, nil, "max-body-bytes"},
+		{[]string{"--task-timeout", "0s"}, nil, "task-timeout"},
+		{[]string{"--retention", "-1s"}, nil, "retention"},
+		{[]string{"--retry-initial-backoff", "0s"}, nil, "retry-initial-backoff"},
+		{[]string{"--retry-initial-backoff", "2m", "--retry-max-backoff", "1m"}, nil, "retry-max-backoff"},
+		{[]string{"--log-level", "loud"}, nil, "log-level"},
+		{[]string{"--log-format", "xml"}, nil, "log-format"},
+		{[]string{"--handler", "noequals"}, nil, "TYPE=URL"},
+		{[]string{"--handler", "bad type=http://x"}, nil, "type"},
+		{[]string{"--handler", "t=ftp://x"}, nil, "http"},
+		{[]string{"--handler", "t=http://x", "--handler", "t=http://y"}, nil, "twice"},
+		{[]string{"--handler", "example_task=http://x"}, nil, "built in"},
+		{[]string{"--nope"}, nil, "nope"},
+		{[]string{"extra"}, nil, "unexpected argument"},
+		{nil, map[string]string{"TASKQUEUE_WORKERS": "many"}, "TASKQUEUE_WORKERS"},
+		{nil, map[string]string{"TASKQUEUE_TASK_TIMEOUT": "5"}, "TASKQUEUE_TASK_TIMEOUT"},
+	} {
+		_, err := parseConfig(tc.args, env(tc.env), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v %v: error %v; want it to mention %q", tc.args, tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestHelpListsEverySettingAndExitsZero(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseConfig([]string{"--help"}, env(nil), &out)
+	if !errors.Is(err, errHelp) || exitCode(err, &out) != 0 {
+		t.Fatalf("help: %v", err)
+	}
+	for _, name := range []string{"addr", "workers", "queue-size", "max-body-bytes", "retry-initial-backoff", "retry-max-backoff",
+		"task-timeout", "retention", "shutdown-timeout", "handler", "log-level", "log-format", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE"} {
+		if !strings.Contains(out.String(), name) {
+			t.Errorf("--help does not mention %s", name)
+		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	var buf bytes.Buffer
+	if exitCode(nil, &buf) != 0 || exitCode(&exitError{code: 2, err: errors.New("x")}, &buf) != 2 || exitCode(errors.New("y"), &buf) != 1 {
+		t.Fatal("wrong exit codes")
+	}
+}
