@@ -112,7 +112,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	var failure error
 	select {
 	case <-ctx.Done():
-		log.Info("shutdown signal received; no new tasks accepted, finishing running attempts")
 	case err := <-serveErr:
 		failure = fmt.Errorf("http server: %w", err)
 		log.WithError(err).Error("http server stopped unexpectedly; shutting down")
@@ -125,6 +124,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// /healthz turns 503 so load balancers move on; GET still works.
 	draining.Store(true)
 	svc.BeginShutdown()
+	if failure == nil {
+		log.Info("shutdown signal received; no new tasks accepted, finishing running attempts")
+	}
 	// 2. Stop taking tasks from the broker.
 	stopTaking()
 	// 3. Let running attempts finish, up to the shutdown timeout; the rest
