@@ -21,28 +21,24 @@ import (
 // time and join the back of their priority's FIFO when due. Finished
 // tasks are forgotten after the retention period.
 type Broker struct {
-	limit     int
-	retention time.Duration
-	now       func() time.Time
+	limit       int
+	retention   time.Duration
+	maxFinished int
+	now         func() time.Time
 
 	mu       sync.Mutex
-	tasks    map[uuid.UUID]*entry
+	slab     slab
+	index    idIndex            // every task held
+	running  map[uuid.UUID]slot // tasks with an attempt under way (few)
 	ready    [domain.PriorityLevels]ring
 	pending  int
-	delayed  delayedHeap
-	finished ring // in the order they finished, so oldest expire first
+	retrying retryHeap
+	finished ring // in the order they finished, so the oldest go first
 	seq      uint64
 	closed   bool
 
 	notify chan struct{} // buffer 1: "a task may be ready"
 	done   chan struct{} // closed by Close
-}
-
-type entry struct {
-	task    domain.Task
-	seq     uint64
-	index   int       // in delayed, -1 elsewhere
-	expires time.Time // set once finished
 }
 
 var _ ports.Broker = (*Broker)(nil)
@@ -55,6 +51,10 @@ type Options struct {
 	QueueSize int
 	// Retention is how long finished tasks can still be read.
 	Retention time.Duration
+	// MaxFinished caps how many finished tasks are kept, so memory stays
+	// bounded however fast tasks finish; past it the oldest are forgotten
+	// before their retention ends. Zero means no cap.
+	MaxFinished int
 	// Now defaults to time.Now.
 	Now func() time.Time
 }
@@ -67,17 +67,23 @@ func New(opts Options) (*Broker, error) {
 	if opts.Retention < 0 {
 		return nil, fmt.Errorf("retention must not be negative, got %s", opts.Retention)
 	}
+	if opts.MaxFinished < 0 {
+		return nil, fmt.Errorf("max finished must not be negative, got %d", opts.MaxFinished)
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Broker{
-		limit:     opts.QueueSize,
-		retention: opts.Retention,
-		now:       opts.Now,
-		tasks:     make(map[uuid.UUID]*entry),
-		notify:    make(chan struct{}, 1),
-		done:      make(chan struct{}),
-	}, nil
+	b := &Broker{
+		limit:       opts.QueueSize,
+		retention:   opts.Retention,
+		maxFinished: opts.MaxFinished,
+		now:         opts.Now,
+		running:     make(map[uuid.UUID]slot),
+		notify:      make(chan struct{}, 1),
+		done:        make(chan struct{}),
+	}
+	b.retrying.slab = &b.slab
+	return b, nil
 }
 
 // Enqueue stores a new pending task; see ports.TaskQueue.
@@ -97,13 +103,13 @@ func (b *Broker) Enqueue(_ context.Context, task *domain.Task) error {
 		b.mu.Unlock()
 		return domain.ErrQueueFull
 	}
-	if _, dup := b.tasks[task.ID()]; dup {
-		b.mu.Unlock()
-		return fmt.Errorf("task %s is already stored: %w", task.ID(), domain.ErrInvalidInput)
-	}
-	e := &entry{task: *task, index: -1}
-	b.tasks[task.ID()] = e
-	b.pushReady(e)
+	// Ids come from a UUIDv7 generator; a duplicate would replace the
+	// index entry of the first.
+	i := b.slab.alloc()
+	e := b.slab.at(i)
+	e.task, e.heapIndex = *task, -1
+	b.index.put(task.ID(), i)
+	b.pushReady(i)
 	b.mu.Unlock()
 	b.wake()
 	return nil
@@ -120,11 +126,13 @@ func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
 		}
 		now := b.now()
 		b.promoteDue(now)
-		if e := b.popReady(); e != nil {
+		if i, ok := b.popReady(); ok {
+			e := b.slab.at(i)
 			if err := e.task.Start(now); err != nil {
 				b.mu.Unlock()
 				return nil, fmt.Errorf("memory broker: %w", err)
 			}
+			b.running[e.task.ID()] = i
 			out := e.task
 			more := b.pending > 0
 			b.mu.Unlock()
@@ -135,8 +143,8 @@ func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
 		}
 		var due <-chan time.Time
 		var timer *time.Timer
-		if len(b.delayed) > 0 {
-			timer = time.NewTimer(b.delayed[0].task.NextAttemptAt().Sub(now))
+		if b.retrying.Len() > 0 {
+			timer = time.NewTimer(b.retrying.due(0).Sub(now))
 			due = timer.C
 		}
 		b.mu.Unlock()
@@ -160,27 +168,31 @@ func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
 func (b *Broker) Settle(_ context.Context, attempt int, task *domain.Task) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	e, ok := b.tasks[task.ID()]
-	if !ok || e.task.Status() != domain.StatusRunning || e.task.Attempts() != attempt {
+	i, ok := b.running[task.ID()]
+	if !ok || b.slab.at(i).task.Attempts() != attempt {
 		return fmt.Errorf("settle attempt %d of task %s: %w", attempt, task.ID(), domain.ErrStaleAttempt)
 	}
-	now := b.now()
+	status := task.Status()
+	if status != domain.StatusSucceeded && status != domain.StatusFailed && status != domain.StatusRetrying && status != domain.StatusPending {
+		return &domain.TransitionError{Action: "settle", From: status}
+	}
+	delete(b.running, task.ID())
+	e := b.slab.at(i)
 	e.task = *task
-	switch task.Status() {
+	now := b.now()
+	switch status {
 	case domain.StatusSucceeded, domain.StatusFailed:
-		e.expires = now.Add(b.retention)
-		b.finished.pushBack(e)
+		e.expires = now.Add(b.retention).UnixNano()
+		b.finished.pushBack(i)
 		b.expire(now)
 	case domain.StatusRetrying:
 		e.seq = b.nextSeq()
-		heap.Push(&b.delayed, e)
+		heap.Push(&b.retrying, i)
 		b.wake()
 	case domain.StatusPending: // handed back: first in line again
-		b.ready[task.Priority().Level()].pushFront(e)
+		b.ready[task.Priority().Level()].pushFront(i)
 		b.pending++
 		b.wake()
-	default:
-		return &domain.TransitionError{Action: "settle", From: task.Status()}
 	}
 	return nil
 }
@@ -192,11 +204,11 @@ func (b *Broker) Get(_ context.Context, id uuid.UUID) (*domain.Task, error) {
 	now := b.now()
 	b.promoteDue(now)
 	b.expire(now)
-	e, ok := b.tasks[id]
-	if !ok || !e.expires.IsZero() && !now.Before(e.expires) {
+	i, ok := b.index.get(id)
+	if !ok {
 		return nil, domain.ErrTaskNotFound
 	}
-	out := e.task
+	out := b.slab.at(i).task
 	return &out, nil
 }
 
@@ -210,8 +222,7 @@ func (b *Broker) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.promoteDue(b.now())
-	s := Stats{Pending: b.pending, Retrying: len(b.delayed), Finished: b.finished.len()}
-	s.Running = len(b.tasks) - s.Pending - s.Retrying - s.Finished
+	s := Stats{Pending: b.pending, Running: len(b.running), Retrying: b.retrying.Len(), Finished: b.finished.len()}
 	return s
 }
 
@@ -229,42 +240,51 @@ func (b *Broker) Close() Stats {
 	return s
 }
 
-// pushReady appends e to the back of its priority's FIFO.
-func (b *Broker) pushReady(e *entry) {
-	b.ready[e.task.Priority().Level()].pushBack(e)
+// pushReady appends task i to the back of its priority's FIFO.
+func (b *Broker) pushReady(i slot) {
+	b.ready[b.slab.at(i).task.Priority().Level()].pushBack(i)
 	b.pending++
 }
 
 // popReady removes and returns the first task of the highest non-empty
-// priority, or nil.
-func (b *Broker) popReady() *entry {
+// priority, if there is one.
+func (b *Broker) popReady() (slot, bool) {
 	if b.pending == 0 {
-		return nil
+		return 0, false
 	}
 	for level := domain.MaxPriority; level >= domain.MinPriority; level-- {
 		if r := &b.ready[level]; r.len() > 0 {
 			b.pending--
-			return r.popFront()
+			return r.popFront(), true
 		}
 	}
-	return nil
+	return 0, false
 }
 
 // promoteDue moves retrying tasks whose backoff is over to their FIFO.
 func (b *Broker) promoteDue(now time.Time) {
-	for len(b.delayed) > 0 && !b.delayed[0].task.NextAttemptAt().After(now) {
-		e := heap.Pop(&b.delayed).(*entry)
-		_ = e.task.Requeue(now) // only retrying tasks are in delayed
-		b.pushReady(e)
+	for b.retrying.Len() > 0 && !b.retrying.due(0).After(now) {
+		i := heap.Pop(&b.retrying).(slot)
+		_ = b.slab.at(i).task.Requeue(now) // only retrying tasks are in the heap
+		b.pushReady(i)
 	}
 }
 
-// expire forgets finished tasks whose retention is over. Entries finish in
-// order, so it stops at the first one still kept.
+// expire forgets finished tasks whose retention is over, and the oldest
+// ones past the MaxFinished cap. Tasks finish in order, so it stops at the
+// first one still kept.
 func (b *Broker) expire(now time.Time) {
-	for b.finished.len() > 0 && !now.Before(b.finished.front().expires) {
-		e := b.finished.popFront()
-		delete(b.tasks, e.task.ID())
+	nowNano := now.UnixNano()
+	for b.finished.len() > 0 {
+		i := b.finished.front()
+		e := b.slab.at(i)
+		overCap := b.maxFinished > 0 && b.finished.len() > b.maxFinished
+		if !overCap && nowNano < e.expires {
+			return
+		}
+		b.finished.popFront()
+		b.index.remove(e.task.ID())
+		b.slab.release(i)
 	}
 }
 

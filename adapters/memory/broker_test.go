@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/taskqueue/taskqueue/adapters/brokertest"
 	"github.com/taskqueue/taskqueue/adapters/memory"
 	"github.com/taskqueue/taskqueue/domain"
@@ -107,5 +109,32 @@ func TestRingGrowsAndShrinksInOrder(t *testing.T) {
 		if err != nil || got.ID().String() != id {
 			t.Fatalf("dequeue %d: %v %v; want %s", i, got, err, id)
 		}
+	}
+}
+
+func TestMaxFinishedForgetsOldestFirst(t *testing.T) {
+	b, _ := memory.New(memory.Options{QueueSize: 10, Retention: time.Hour, MaxFinished: 2})
+	ctx := context.Background()
+	var ids []uuid.UUID
+	for i := 0; i < 3; i++ {
+		task := brokertest.NewTask(t, 0, 0)
+		ids = append(ids, task.ID())
+		_ = b.Enqueue(ctx, task)
+		running, _ := b.Dequeue(ctx)
+		_ = running.Succeed(time.Now())
+		if err := b.Settle(ctx, 1, running); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Get(ctx, ids[0]); !errors.Is(err, domain.ErrTaskNotFound) {
+		t.Fatalf("oldest finished task kept past the cap: %v", err)
+	}
+	for _, id := range ids[1:] {
+		if _, err := b.Get(ctx, id); err != nil {
+			t.Fatalf("newer finished task %s: %v", id, err)
+		}
+	}
+	if _, err := memory.New(memory.Options{QueueSize: 1, MaxFinished: -1}); err == nil {
+		t.Fatal("negative cap accepted")
 	}
 }

@@ -26,6 +26,7 @@ type config struct {
 	RetryPolicy     domain.RetryPolicy
 	TaskTimeout     time.Duration
 	Retention       time.Duration
+	MaxFinished     int
 	ShutdownTimeout time.Duration
 	Webhooks        []webhookSpec
 	LogLevel        string
@@ -90,6 +91,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.DurationVar(&retryMax, "retry-max-backoff", 5*time.Minute, "longest wait between attempts")
 	fs.DurationVar(&cfg.TaskTimeout, "task-timeout", 30*time.Second, "deadline of one attempt")
 	fs.DurationVar(&cfg.Retention, "retention", time.Hour, "how long finished tasks can still be read")
+	fs.IntVar(&cfg.MaxFinished, "max-finished", 100000, "most finished tasks kept for reading; past it the oldest are forgotten early (0: no cap)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for running attempts")
 	fs.Var(webhookFlag{&cfg.Webhooks}, "handler", "TYPE=URL: run tasks of TYPE by POSTing them to URL (repeatable; the variable takes t1=url1,t2=url2)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
@@ -147,6 +149,8 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 		return fmt.Errorf("task-timeout: must be positive, got %s", c.TaskTimeout)
 	case c.Retention < 0:
 		return fmt.Errorf("retention: must not be negative, got %s", c.Retention)
+	case c.MaxFinished < 0:
+		return fmt.Errorf("max-finished: must not be negative, got %d", c.MaxFinished)
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("shutdown-timeout: must not be negative, got %s", c.ShutdownTimeout)
 	case c.LogFormat != logging.FormatText && c.LogFormat != logging.FormatJSON:

@@ -17,7 +17,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if cfg.Addr != ":8080" || cfg.Workers != 5 || cfg.QueueSize != 10000 || cfg.MaxBodyBytes != 1<<20 ||
 		cfg.RetryPolicy.Initial() != time.Second || cfg.RetryPolicy.Max() != 5*time.Minute ||
-		cfg.TaskTimeout != 30*time.Second || cfg.Retention != time.Hour || cfg.ShutdownTimeout != 30*time.Second ||
+		cfg.TaskTimeout != 30*time.Second || cfg.Retention != time.Hour || cfg.MaxFinished != 100000 || cfg.ShutdownTimeout != 30*time.Second ||
 		cfg.LogLevel != "info" || cfg.LogFormat != "text" || len(cfg.Webhooks) != 0 {
 		t.Fatalf("defaults: %+v", cfg)
 	}
@@ -58,6 +58,7 @@ func TestConfigInvalid(t *testing.T) {
 		{[]string{"--max-body-bytes", "0"}, nil, "max-body-bytes"},
 		{[]string{"--task-timeout", "0s"}, nil, "task-timeout"},
 		{[]string{"--retention", "-1s"}, nil, "retention"},
+		{[]string{"--max-finished", "-1"}, nil, "max-finished"},
 		{[]string{"--retry-initial-backoff", "0s"}, nil, "retry-initial-backoff"},
 		{[]string{"--retry-initial-backoff", "2m", "--retry-max-backoff", "1m"}, nil, "retry-max-backoff"},
 		{[]string{"--log-level", "loud"}, nil, "log-level"},
@@ -86,7 +87,7 @@ func TestHelpListsEverySettingAndExitsZero(t *testing.T) {
 		t.Fatalf("help: %v", err)
 	}
 	for _, name := range []string{"addr", "workers", "queue-size", "max-body-bytes", "retry-initial-backoff", "retry-max-backoff",
-		"task-timeout", "retention", "shutdown-timeout", "handler", "log-level", "log-format", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE"} {
+		"task-timeout", "retention", "max-finished", "shutdown-timeout", "handler", "log-level", "log-format", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE"} {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("--help does not mention %s", name)
 		}

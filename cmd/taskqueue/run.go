@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &exitError{code: 2, err: err}
 	}
 
-	broker, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention})
+	broker, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention, MaxFinished: cfg.MaxFinished})
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}

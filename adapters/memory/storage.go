@@ -1,0 +1,137 @@
+package memory
+
+import (
+	"time"
+
+	"github.com/taskqueue/taskqueue/domain"
+)
+
+// Tasks live in a slab of fixed-size chunks addressed by uint32 slots.
+// The index, the FIFOs and the retry heap hold slots, not pointers, so the
+// garbage collector has nothing to trace in them; a freed slot is reused
+// first, so a new task lands in memory that is still in cache.
+
+const (
+	chunkBits = 10
+	chunkSize = 1 << chunkBits
+)
+
+type slot = uint32
+
+type entry struct {
+	task      domain.Task
+	seq       uint64 // orders retrying tasks due at the same instant
+	expires   int64  // unix nanoseconds; set once finished
+	heapIndex int32  // position in the retry heap, -1 elsewhere
+}
+
+type slab struct {
+	chunks [][]entry
+	free   []slot
+	used   slot // slots handed out at least once
+}
+
+func (s *slab) alloc() slot {
+	if n := len(s.free); n > 0 {
+		i := s.free[n-1]
+		s.free = s.free[:n-1]
+		return i
+	}
+	if int(s.used) == len(s.chunks)*chunkSize {
+		s.chunks = append(s.chunks, make([]entry, chunkSize))
+	}
+	s.used++
+	return s.used - 1
+}
+
+func (s *slab) at(i slot) *entry { return &s.chunks[i>>chunkBits][i&(chunkSize-1)] }
+
+func (s *slab) release(i slot) {
+	*s.at(i) = entry{}
+	s.free = append(s.free, i)
+}
+
+// ring is a FIFO that grows by doubling and shrinks when mostly empty.
+type ring struct {
+	buf  []slot
+	head int
+	n    int
+}
+
+const minRing = 64
+
+func (r *ring) len() int { return r.n }
+
+func (r *ring) pushBack(v slot) {
+	r.grow()
+	r.buf[(r.head+r.n)&(len(r.buf)-1)] = v
+	r.n++
+}
+
+func (r *ring) pushFront(v slot) {
+	r.grow()
+	r.head = (r.head - 1) & (len(r.buf) - 1)
+	r.buf[r.head] = v
+	r.n++
+}
+
+func (r *ring) front() slot { return r.buf[r.head] }
+
+func (r *ring) popFront() slot {
+	v := r.buf[r.head]
+	r.head = (r.head + 1) & (len(r.buf) - 1)
+	r.n--
+	if len(r.buf) > minRing && r.n < len(r.buf)/4 {
+		r.resize(len(r.buf) / 2)
+	}
+	return v
+}
+
+func (r *ring) grow() {
+	if r.n == len(r.buf) {
+		r.resize(max(2*len(r.buf), minRing))
+	}
+}
+
+// resize copies the FIFO into a buffer of size, a power of two.
+func (r *ring) resize(size int) {
+	buf := make([]slot, size)
+	for i := 0; i < r.n; i++ {
+		buf[i] = r.buf[(r.head+i)&(len(r.buf)-1)]
+	}
+	r.buf, r.head = buf, 0
+}
+
+// retryHeap orders retrying tasks by due time, then by the order they
+// started waiting (container/heap is not stable).
+type retryHeap struct {
+	slab  *slab
+	items []slot
+}
+
+func (h *retryHeap) due(i int) time.Time { return h.slab.at(h.items[i]).task.NextAttemptAt() }
+
+func (h *retryHeap) Len() int { return len(h.items) }
+func (h *retryHeap) Less(i, j int) bool {
+	a, b := h.due(i), h.due(j)
+	if !a.Equal(b) {
+		return a.Before(b)
+	}
+	return h.slab.at(h.items[i]).seq < h.slab.at(h.items[j]).seq
+}
+func (h *retryHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.slab.at(h.items[i]).heapIndex = int32(i)
+	h.slab.at(h.items[j]).heapIndex = int32(j)
+}
+func (h *retryHeap) Push(x any) {
+	s := x.(slot)
+	h.slab.at(s).heapIndex = int32(len(h.items))
+	h.items = append(h.items, s)
+}
+func (h *retryHeap) Pop() any {
+	s := h.items[len(h.items)-1]
+	h.items = h.items[:len(h.items)-1]
+	h.slab.at(s).heapIndex = -1
+	return s
+}
