@@ -12,8 +12,15 @@ import (
 	"github.com/taskqueue/taskqueue/ports"
 )
 
-// ExampleType is the type name of the built-in example handler.
-const ExampleType = "example_task"
+// Type names of the built-in handlers.
+const (
+	ExampleType = "example_task"
+	NoopType    = "noop"
+)
+
+// Noop does nothing and succeeds: a cheap task type for smoke tests and
+// load tests of a deployment.
+var Noop = ports.HandlerFunc(func(context.Context, *domain.Task) error { return nil })
 
 // Example logs the task's payload and succeeds.
 type Example struct {

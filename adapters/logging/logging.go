@@ -4,7 +4,6 @@ package logging
 import (
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -29,9 +28,9 @@ func New(out io.Writer, level, format string) (*logrus.Logger, error) {
 	log.SetLevel(lvl)
 	switch format {
 	case FormatText:
-		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano, DisableColors: true})
+		log.SetFormatter(&Formatter{})
 	case FormatJSON:
-		log.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
+		log.SetFormatter(&Formatter{JSON: true})
 	default:
 		return nil, fmt.Errorf("log-format: %q is not %q or %q", format, FormatText, FormatJSON)
 	}

@@ -157,7 +157,7 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 		return fmt.Errorf("log-format: must be text or json, got %q", c.LogFormat)
 	}
 	for _, w := range c.Webhooks {
-		if w.Type == handlers.ExampleType {
+		if w.Type == handlers.ExampleType || w.Type == handlers.NoopType {
 			return fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)
 		}
 	}

@@ -13,5 +13,6 @@ import (
 func builtinHandlers(log logrus.FieldLogger) map[string]ports.Handler {
 	return map[string]ports.Handler{
 		handlers.ExampleType: handlers.NewExample(log),
+		handlers.NoopType:    handlers.Noop,
 	}
 }
