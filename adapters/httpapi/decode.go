@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -27,7 +28,18 @@ func badRequest(format string, args ...any) error {
 	return &requestError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
 }
 
-var submitFields = map[string]bool{"type": true, "payload": true, "max_retries": true, "priority": true}
+// submitFields are the fields POST /task accepts, each with its bit for
+// spotting duplicates.
+var submitFields = map[string]uint8{"type": 1, "payload": 2, "max_retries": 4, "priority": 8}
+
+// submitRequest receives the fields raw, so absent, null and wrongly typed
+// values can each get their own message.
+type submitRequest struct {
+	Type       json.RawMessage `json:"type"`
+	Payload    json.RawMessage `json:"payload"`
+	MaxRetries json.RawMessage `json:"max_retries"`
+	Priority   json.RawMessage `json:"priority"`
+}
 
 // readBody reads at most limit bytes of the request body, reporting an
 // oversized body as 413.
@@ -48,73 +60,130 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 // domain's; this only makes sure the values are what they claim to be.
 func decodeSubmission(body []byte) (ports.Submission, error) {
 	sub := ports.Submission{Payload: []byte("{}"), MaxRetries: domain.DefaultMaxRetries}
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		return sub, badRequest("request body is empty: expected a JSON object with at least \"type\"")
 	}
 	if !utf8.Valid(body) {
 		return sub, badRequest("request body is not valid UTF-8")
 	}
-	var fields map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&fields); err != nil {
+	var req submitRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) && strings.HasSuffix(syntax.Error(), "after top-level value") {
+			return sub, badRequest("request body has data after the JSON object")
+		}
 		return sub, badRequest("request body is not a valid JSON object: %s", jsonProblem(err))
 	}
-	if fields == nil {
+	if trimmed[0] == 'n' { // a bare null decodes into the struct without error
 		return sub, badRequest("request body must be a JSON object, not null")
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return sub, badRequest("request body has data after the JSON object")
-	}
-	if unknown := unknownFields(fields); len(unknown) > 0 {
-		return sub, badRequest("unknown field(s) %s: allowed fields are type, payload, max_retries, priority", strings.Join(unknown, ", "))
-	}
-
-	raw, ok := fields["type"]
-	if !ok {
-		return sub, badRequest("type: is required")
-	}
-	if isNull(raw) || json.Unmarshal(raw, &sub.Type) != nil {
-		return sub, badRequest("type: must be a string")
-	}
-	if raw, ok := fields["payload"]; ok && !isNull(raw) {
-		if raw[0] != '{' {
-			return sub, badRequest("payload: must be a JSON object")
-		}
-		sub.Payload = raw
-	}
-	if err := decodeInt(fields, "max_retries", domain.MaxMaxRetries, &sub.MaxRetries); err != nil {
+	// encoding/json matches keys case-insensitively and keeps the last of
+	// duplicates; checking the keys themselves keeps the contract exact.
+	if err := checkKeys(body); err != nil {
 		return sub, err
 	}
-	if err := decodeInt(fields, "priority", domain.MaxPriority, &sub.Priority); err != nil {
+
+	switch {
+	case req.Type == nil:
+		return sub, badRequest("type: is required")
+	case req.Type[0] != '"':
+		return sub, badRequest("type: must be a string")
+	case bytes.IndexByte(req.Type, '\\') < 0:
+		sub.Type = string(req.Type[1 : len(req.Type)-1])
+	default:
+		_ = json.Unmarshal(req.Type, &sub.Type) // valid JSON string: cannot fail
+	}
+	if req.Payload != nil && !isNull(req.Payload) {
+		if req.Payload[0] != '{' {
+			return sub, badRequest("payload: must be a JSON object")
+		}
+		sub.Payload = req.Payload
+	}
+	if err := decodeInt(req.MaxRetries, "max_retries", domain.MaxMaxRetries, &sub.MaxRetries); err != nil {
+		return sub, err
+	}
+	if err := decodeInt(req.Priority, "priority", domain.MaxPriority, &sub.Priority); err != nil {
 		return sub, err
 	}
 	return sub, nil
 }
 
 // decodeInt sets *dst from an optional integer field, leaving the default
-// when the field is absent. null, strings and fractions are refused.
-func decodeInt(fields map[string]json.RawMessage, name string, max int, dst *int) error {
-	raw, ok := fields[name]
-	if !ok {
+// when the field is absent. Only integer literals are taken: null, strings,
+// fractions and exponents are refused.
+func decodeInt(raw json.RawMessage, name string, max int, dst *int) error {
+	if raw == nil {
 		return nil
 	}
-	if isNull(raw) || raw[0] == '"' || json.Unmarshal(raw, dst) != nil {
+	n, err := strconv.Atoi(string(raw))
+	if err != nil {
 		return badRequest("%s: must be an integer from 0 to %d, got %s", name, max, truncate(string(raw), 40))
 	}
+	*dst = n
 	return nil
 }
 
 func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
 
-func unknownFields(fields map[string]json.RawMessage) []string {
-	var unknown []string
-	for k := range fields {
-		if !submitFields[k] {
-			unknown = append(unknown, fmt.Sprintf("%q", truncate(k, 40)))
+// checkKeys returns a 400 naming the unknown or repeated top-level keys of
+// body, which must already be known to be one valid JSON object.
+func checkKeys(body []byte) error {
+	var seen uint8
+	var unknown, repeated []string
+	depth := 0
+	expectKey := false
+	for i := 0; i < len(body); i++ {
+		switch c := body[i]; c {
+		case '{', '[':
+			depth++
+			expectKey = c == '{' && depth == 1
+		case '}', ']':
+			depth--
+		case ',':
+			expectKey = depth == 1
+		case '"':
+			end := stringEnd(body, i)
+			if depth == 1 && expectKey {
+				key := string(body[i+1 : end])
+				if bytes.IndexByte(body[i:end], '\\') >= 0 {
+					_ = json.Unmarshal(body[i:end+1], &key)
+				}
+				bit, ok := submitFields[key]
+				switch {
+				case !ok:
+					unknown = append(unknown, strconv.Quote(truncate(key, 40)))
+				case seen&bit != 0:
+					repeated = append(repeated, strconv.Quote(key))
+				}
+				seen |= bit
+				expectKey = false
+			}
+			i = end
 		}
 	}
-	sort.Strings(unknown)
-	return unknown
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return badRequest("unknown field(s) %s: allowed fields are type, payload, max_retries, priority", strings.Join(unknown, ", "))
+	}
+	if len(repeated) > 0 {
+		return badRequest("field(s) %s given more than once", strings.Join(repeated, ", "))
+	}
+	return nil
+}
+
+// stringEnd returns the index of the quote closing the JSON string that
+// opens at body[start].
+func stringEnd(body []byte, start int) int {
+	for i := start + 1; i < len(body); i++ {
+		switch body[i] {
+		case '\\':
+			i++
+		case '"':
+			return i
+		}
+	}
+	return len(body) - 1
 }
 
 // jsonProblem turns a decoder error into words a client can act on.

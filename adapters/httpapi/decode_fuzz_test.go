@@ -39,3 +39,19 @@ func FuzzDecodeSubmission(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeSubmissionValues(t *testing.T) {
+	for _, tc := range []struct {
+		body, typ, payload string
+		maxRetries, prio   int
+	}{
+		{`{"type":"a\u0020b"}`, "a b", "{}", 1, 0},
+		{` {"priority":-0,"type":"x","max_retries":0,"payload":{"a":[1,{"b":null}]}} `, "x", `{"a":[1,{"b":null}]}`, 0, 0},
+		{`{"type":"x","priority":-3,"max_retries":100}`, "x", "{}", 100, -3},
+	} {
+		sub, err := decodeSubmission([]byte(tc.body))
+		if err != nil || sub.Type != tc.typ || string(sub.Payload) != tc.payload || sub.MaxRetries != tc.maxRetries || sub.Priority != tc.prio {
+			t.Errorf("%s: got %+v, %v", tc.body, sub, err)
+		}
+	}
+}
