@@ -1,6 +1,6 @@
 module github.com/taskqueue/taskqueue
 
-go 1.26.8
+go 1.23.0
 
 require (
 	github.com/golang/mock v1.6.0
