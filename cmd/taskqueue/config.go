@@ -31,7 +31,17 @@ type config struct {
 	Webhooks        []webhookSpec
 	LogLevel        string
 	LogFormat       string
+	Broker          string
+	RedisURL        string
+	RedisPrefix     string
+	Lease           time.Duration
 }
+
+// Brokers the service can run on.
+const (
+	brokerMemory = "memory"
+	brokerRedis  = "redis"
+)
 
 type webhookSpec struct {
 	Type, URL string
@@ -94,6 +104,10 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.IntVar(&cfg.MaxFinished, "max-finished", 100000, "most finished tasks kept for reading; past it the oldest are forgotten early (0: no cap)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for running attempts")
 	fs.Var(webhookFlag{&cfg.Webhooks}, "handler", "TYPE=URL: run tasks of TYPE by POSTing them to URL (repeatable; the variable takes t1=url1,t2=url2)")
+	fs.StringVar(&cfg.Broker, "broker", brokerMemory, "where tasks are kept: memory (this process only) or redis (shared by every instance, durable)")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis to use with --broker redis")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "taskqueue", "names the queue in Redis: keys are {PREFIX}:...; instances with the same prefix share it")
+	fs.DurationVar(&cfg.Lease, "lease", 30*time.Second, "with --broker redis: how long a running attempt's instance may go silent before another instance recovers the task (at least 1s)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", logging.FormatText, "text or json (one JSON object per line)")
 
@@ -133,36 +147,52 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	if envErr != nil {
 		return cfg, envErr
 	}
-	return cfg, cfg.validate(retryInitial, retryMax)
+	err := cfg.validate(retryInitial, retryMax)
+	var ve *domain.ValidationError
+	if errors.As(err, &ve) && !given[ve.Field] && getenv(envName(ve.Field)) != "" {
+		return cfg, fmt.Errorf("%s (from %s)", err, envName(ve.Field))
+	}
+	return cfg, err
+}
+
+// invalid reports a bad setting by its flag name.
+func invalid(flag, format string, args ...any) error {
+	return &domain.ValidationError{Field: flag, Problem: fmt.Sprintf(format, args...)}
 }
 
 func (c *config) validate(retryInitial, retryMax time.Duration) error {
 	var err error
 	switch {
 	case c.Workers < 1:
-		return fmt.Errorf("workers: must be at least 1, got %d", c.Workers)
+		return invalid("workers", "must be at least 1, got %d", c.Workers)
 	case c.QueueSize < 1:
-		return fmt.Errorf("queue-size: must be at least 1, got %d", c.QueueSize)
+		return invalid("queue-size", "must be at least 1, got %d", c.QueueSize)
 	case c.MaxBodyBytes < 1:
-		return fmt.Errorf("max-body-bytes: must be at least 1, got %d", c.MaxBodyBytes)
+		return invalid("max-body-bytes", "must be at least 1, got %d", c.MaxBodyBytes)
 	case c.TaskTimeout <= 0:
-		return fmt.Errorf("task-timeout: must be positive, got %s", c.TaskTimeout)
+		return invalid("task-timeout", "must be positive, got %s", c.TaskTimeout)
 	case c.Retention < 0:
-		return fmt.Errorf("retention: must not be negative, got %s", c.Retention)
+		return invalid("retention", "must not be negative, got %s", c.Retention)
 	case c.MaxFinished < 0:
-		return fmt.Errorf("max-finished: must not be negative, got %d", c.MaxFinished)
+		return invalid("max-finished", "must not be negative, got %d", c.MaxFinished)
 	case c.ShutdownTimeout < 0:
-		return fmt.Errorf("shutdown-timeout: must not be negative, got %s", c.ShutdownTimeout)
+		return invalid("shutdown-timeout", "must not be negative, got %s", c.ShutdownTimeout)
+	case c.Broker != brokerMemory && c.Broker != brokerRedis:
+		return invalid("broker", "must be memory or redis, got %q", c.Broker)
+	case c.Lease < time.Second:
+		return invalid("lease", "must be at least 1s, got %s", c.Lease)
+	case c.Broker == brokerRedis && c.RedisPrefix == "":
+		return invalid("redis-prefix", "must not be empty")
 	case c.LogFormat != logging.FormatText && c.LogFormat != logging.FormatJSON:
-		return fmt.Errorf("log-format: must be text or json, got %q", c.LogFormat)
+		return invalid("log-format", "must be text or json, got %q", c.LogFormat)
 	}
 	for _, w := range c.Webhooks {
 		if w.Type == handlers.ExampleType || w.Type == handlers.NoopType {
-			return fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)
+			return invalid("handler", "type %q is built in and cannot be a webhook", w.Type)
 		}
 	}
 	if _, err = logging.New(io.Discard, c.LogLevel, c.LogFormat); err != nil {
-		return err
+		return invalid("log-level", "%v", strings.TrimPrefix(err.Error(), "log-level: "))
 	}
 	c.RetryPolicy, err = domain.NewRetryPolicy(retryInitial, retryMax)
 	return err

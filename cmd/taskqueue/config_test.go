@@ -18,7 +18,8 @@ func TestConfigDefaults(t *testing.T) {
 	if cfg.Addr != ":8080" || cfg.Workers != 5 || cfg.QueueSize != 10000 || cfg.MaxBodyBytes != 1<<20 ||
 		cfg.RetryPolicy.Initial() != time.Second || cfg.RetryPolicy.Max() != 5*time.Minute ||
 		cfg.TaskTimeout != 30*time.Second || cfg.Retention != time.Hour || cfg.MaxFinished != 100000 || cfg.ShutdownTimeout != 30*time.Second ||
-		cfg.LogLevel != "info" || cfg.LogFormat != "text" || len(cfg.Webhooks) != 0 {
+		cfg.LogLevel != "info" || cfg.LogFormat != "text" || len(cfg.Webhooks) != 0 ||
+		cfg.Broker != "memory" || cfg.RedisURL != "redis://127.0.0.1:6379/0" || cfg.RedisPrefix != "taskqueue" || cfg.Lease != 30*time.Second {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
@@ -68,6 +69,10 @@ func TestConfigInvalid(t *testing.T) {
 		{[]string{"--handler", "t=ftp://x"}, nil, "http"},
 		{[]string{"--handler", "t=http://x", "--handler", "t=http://y"}, nil, "twice"},
 		{[]string{"--handler", "example_task=http://x"}, nil, "built in"},
+		{[]string{"--broker", "kafka"}, nil, "broker"},
+		{[]string{"--lease", "500ms"}, nil, "lease"},
+		{[]string{"--broker", "redis", "--redis-prefix", ""}, nil, "redis-prefix"},
+		{nil, map[string]string{"TASKQUEUE_LEASE": "0s"}, "TASKQUEUE_LEASE"},
 		{[]string{"--nope"}, nil, "nope"},
 		{[]string{"extra"}, nil, "unexpected argument"},
 		{nil, map[string]string{"TASKQUEUE_WORKERS": "many"}, "TASKQUEUE_WORKERS"},
@@ -87,7 +92,7 @@ func TestHelpListsEverySettingAndExitsZero(t *testing.T) {
 		t.Fatalf("help: %v", err)
 	}
 	for _, name := range []string{"addr", "workers", "queue-size", "max-body-bytes", "retry-initial-backoff", "retry-max-backoff",
-		"task-timeout", "retention", "max-finished", "shutdown-timeout", "handler", "log-level", "log-format", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE"} {
+		"task-timeout", "retention", "max-finished", "shutdown-timeout", "handler", "log-level", "log-format", "broker", "redis-url", "redis-prefix", "lease", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE", "TASKQUEUE_REDIS_URL"} {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("--help does not mention %s", name)
 		}

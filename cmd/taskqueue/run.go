@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -16,8 +17,10 @@ import (
 	"github.com/taskqueue/taskqueue/adapters/httpapi"
 	"github.com/taskqueue/taskqueue/adapters/logging"
 	"github.com/taskqueue/taskqueue/adapters/memory"
+	"github.com/taskqueue/taskqueue/adapters/redis"
 	"github.com/taskqueue/taskqueue/adapters/workerpool"
 	"github.com/taskqueue/taskqueue/application"
+	"github.com/taskqueue/taskqueue/ports"
 )
 
 // HTTP server timeouts: long enough for a 1 MiB body on a slow link, short
@@ -50,9 +53,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &exitError{code: 2, err: err}
 	}
 
-	broker, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention, MaxFinished: cfg.MaxFinished})
+	broker, closeBroker, err := openBroker(ctx, cfg, log)
 	if err != nil {
-		return &exitError{code: 2, err: err}
+		return err
 	}
 	pool, err := workerpool.New(cfg.Workers, log)
 	if err != nil {
@@ -74,6 +77,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	for t := range taskHandlers {
 		types = append(types, t)
 	}
+	sort.Strings(types)
 
 	svc := application.NewService(broker, types, nil, nil, log)
 	proc := application.NewProcessor(broker, pool, taskHandlers, application.ProcessorConfig{
@@ -105,7 +109,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		"addr":       ln.Addr().String(),
 		"workers":    cfg.Workers,
 		"queue_size": cfg.QueueSize,
-		"broker":     "memory",
+		"broker":     cfg.Broker,
 		"types":      types,
 	}).Info("taskqueue listening")
 
@@ -140,9 +144,49 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(shutCtx); err != nil {
 		log.WithError(err).Warn("http server did not close cleanly")
 	}
-	// 5. Close the broker; the in-memory one cannot keep what it holds.
-	stats := broker.Close()
-	log.WithFields(logrus.Fields{"pending_dropped": stats.Pending, "retrying_dropped": stats.Retrying}).
-		Info("taskqueue stopped; the in-memory broker dropped the tasks it still held")
+	// 5. Close the broker.
+	closeBroker()
 	return failure
+}
+
+// openBroker builds the configured broker and returns it with the function
+// that closes it and logs what it leaves behind. A Redis that cannot be
+// reached is an error naming the URL (exit code 1).
+func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (ports.Broker, func(), error) {
+	if cfg.Broker == brokerRedis {
+		rb, err := redis.New(ctx, redis.Options{
+			URL:         cfg.RedisURL,
+			Prefix:      cfg.RedisPrefix,
+			QueueSize:   cfg.QueueSize,
+			Retention:   cfg.Retention,
+			MaxFinished: cfg.MaxFinished,
+			Lease:       cfg.Lease,
+			Policy:      cfg.RetryPolicy,
+			Log:         log,
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		return rb, func() {
+			statsCtx, cancel := context.WithTimeout(context.Background(), httpCloseTimeout)
+			defer cancel()
+			stats, err := rb.Stats(statsCtx)
+			rb.Close()
+			if err != nil {
+				log.WithError(err).Warn("taskqueue stopped; could not count the tasks left in Redis")
+				return
+			}
+			log.WithFields(logrus.Fields{"pending": stats.Pending, "retrying": stats.Retrying, "running": stats.Running}).
+				Info("taskqueue stopped; tasks stay in Redis for the other instances or the next start")
+		}, nil
+	}
+	mem, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention, MaxFinished: cfg.MaxFinished})
+	if err != nil {
+		return nil, nil, &exitError{code: 2, err: err}
+	}
+	return mem, func() {
+		stats := mem.Close()
+		log.WithFields(logrus.Fields{"pending_dropped": stats.Pending, "retrying_dropped": stats.Retrying}).
+			Info("taskqueue stopped; the in-memory broker dropped the tasks it still held")
+	}, nil
 }

@@ -1,0 +1,242 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/taskqueue/taskqueue/domain"
+)
+
+// waiter is one Dequeue call waiting for a task.
+type waiter struct {
+	mu   sync.Mutex
+	ch   chan *domain.Task // buffer 1
+	gone bool
+}
+
+// deliver hands t to w unless w has left; it reports whether it did.
+func (w *waiter) deliver(t *domain.Task) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.gone {
+		return false
+	}
+	w.ch <- t
+	return true
+}
+
+// leave marks w gone and returns a task delivered meanwhile, if any.
+func (w *waiter) leave() *domain.Task {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gone = true
+	select {
+	case t := <-w.ch:
+		return t
+	default:
+		return nil
+	}
+}
+
+func (w *waiter) left() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gone
+}
+
+// Dequeue waits for the next task in the global order and starts its
+// attempt; see ports.TaskQueue. One fetcher per instance serves all its
+// waiting workers with one script call, and sleeps on a Redis list that
+// every submission pushes to, so an idle instance does not poll.
+func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
+	if b.closed.Load() {
+		return nil, domain.ErrShuttingDown
+	}
+	w := &waiter{ch: make(chan *domain.Task, 1)}
+	select {
+	case b.waiters <- w:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.stop:
+		return nil, domain.ErrShuttingDown
+	}
+	var err error
+	select {
+	case t := <-w.ch:
+		return t, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-b.stop:
+		err = domain.ErrShuttingDown
+	}
+	if t := w.leave(); t != nil {
+		b.unfetch(t)
+	}
+	return nil, err
+}
+
+// fetchLoop serves waiting Dequeue calls until Close.
+func (b *Broker) fetchLoop() {
+	defer b.loops.Done()
+	var waiting []*waiter
+	failing := false
+	backoff := 100 * time.Millisecond
+	for {
+		if len(waiting) == 0 {
+			select {
+			case w := <-b.waiters:
+				waiting = append(waiting, w)
+			case <-b.stop:
+				return
+			}
+		}
+	gather:
+		for {
+			select {
+			case w := <-b.waiters:
+				waiting = append(waiting, w)
+			default:
+				break gather
+			}
+		}
+		live := waiting[:0]
+		for _, w := range waiting {
+			if !w.left() {
+				live = append(live, w)
+			}
+		}
+		waiting = live
+		if len(waiting) == 0 {
+			continue
+		}
+
+		tasks, nextDue, err := b.fetch(min(len(waiting), fetchBatch))
+		if err != nil {
+			if !failing {
+				b.log.WithError(err).Warn("cannot take tasks from Redis; retrying with backoff")
+				failing = true
+			}
+			if !b.sleep(backoff) {
+				return
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		if failing {
+			b.log.Info("taking tasks from Redis again")
+			failing, backoff = false, 100*time.Millisecond
+		}
+		for _, t := range tasks {
+			delivered := false
+			for len(waiting) > 0 && !delivered {
+				delivered = waiting[0].deliver(t)
+				waiting = waiting[1:]
+			}
+			if !delivered {
+				b.unfetch(t)
+			}
+		}
+		if len(tasks) == 0 {
+			b.waitForWork(nextDue)
+		}
+	}
+}
+
+// fetch starts up to n attempts in one script call.
+func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
+	defer cancel()
+	now := b.opts.Now()
+	prefix := b.id + ":" + strconv.FormatUint(b.fetchN.Add(1), 36)
+	res, err := dequeueScript.Run(ctx, b.rdb,
+		[]string{b.keys.ready, b.keys.running, b.keys.lease, b.keys.delayed, b.keys.seq, b.keys.wake},
+		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, prefix).Slice()
+	if err != nil {
+		return nil, time.Time{}, unavailable(err)
+	}
+	var nextDue time.Time
+	if due, _ := res[1].(int64); due >= 0 {
+		nextDue = time.UnixMilli(due)
+	}
+	var tasks []*domain.Task
+	for i := 2; i+2 < len(res); i += 3 {
+		idStr, _ := res[i].(string)
+		token, _ := res[i+1].(string)
+		raw, _ := res[i+2].(string)
+		id, err := uuid.Parse(idStr)
+		if err != nil {
+			b.log.WithField("id", idStr).Error("ready set holds an id that is not a UUID; skipping it")
+			continue
+		}
+		t, score, err := decodeRecord(id, raw)
+		if err != nil {
+			b.log.WithError(err).Error("cannot read a task record; leaving it to lease recovery")
+			continue
+		}
+		b.mu.Lock()
+		b.held[id] = lease{token: token, attempt: t.Attempts(), score: score}
+		b.mu.Unlock()
+		tasks = append(tasks, t)
+	}
+	return tasks, nextDue, nil
+}
+
+// waitForWork blocks on the wake list until a submission (or hand-back,
+// or promotion) pushes to it, the next retry is due, a second passes, or
+// Close. Only an instance with idle workers waits here, so it never takes
+// a wake-up another instance needs.
+func (b *Broker) waitForWork(nextDue time.Time) {
+	timeout := time.Second
+	if !nextDue.IsZero() {
+		timeout = min(timeout, max(time.Until(nextDue), 5*time.Millisecond))
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, timeout+opTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-b.stop:
+			cancel()
+		case <-done:
+		}
+	}()
+	defer close(done)
+	err := b.rdb.BLPop(ctx, timeout, b.keys.wake).Err()
+	if err != nil && !errors.Is(err, goredis.Nil) && b.ctx.Err() == nil {
+		select {
+		case <-b.stop:
+		case <-time.After(100 * time.Millisecond): // Redis trouble: fetch reports it
+		}
+	}
+}
+
+// unfetch hands a task that was started but never given to a worker
+// back to its place, without using up an attempt or changing its error.
+func (b *Broker) unfetch(t *domain.Task) {
+	attempt := t.Attempts()
+	if err := t.Release(b.opts.Now(), t.LastError()); err != nil {
+		b.log.WithError(err).Error("cannot hand back an undelivered task")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if err := b.Settle(ctx, attempt, t); err != nil {
+		b.log.WithError(err).WithField("task_id", t.ID()).Warn("cannot hand back an undelivered task; its lease will expire and it will be recovered")
+	}
+}
+
+// sleep waits d or until Close; it reports false on Close.
+func (b *Broker) sleep(d time.Duration) bool {
+	select {
+	case <-time.After(d):
+		return true
+	case <-b.stop:
+		return false
+	}
+}

@@ -1,0 +1,308 @@
+package redis_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/sirupsen/logrus"
+
+	"github.com/taskqueue/taskqueue/adapters/brokertest"
+	"github.com/taskqueue/taskqueue/adapters/redis"
+	"github.com/taskqueue/taskqueue/domain"
+	"github.com/taskqueue/taskqueue/ports"
+	"github.com/taskqueue/taskqueue/test/redisserver"
+)
+
+// redisURL returns the test Redis, or skips: set TASKQUEUE_TEST_REDIS_URL
+// (e.g. redis://127.0.0.1:6379/0) to run these tests. With
+// TASKQUEUE_TEST_REDIS_REQUIRED=1 (as CI sets) a missing URL fails instead.
+func redisURL(t testing.TB) string {
+	u := os.Getenv("TASKQUEUE_TEST_REDIS_URL")
+	if u == "" {
+		if os.Getenv("TASKQUEUE_TEST_REDIS_REQUIRED") == "1" {
+			t.Fatal("TASKQUEUE_TEST_REDIS_URL is not set but Redis tests are required")
+		}
+		t.Skip("set TASKQUEUE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run the Redis broker tests")
+	}
+	return u
+}
+
+func quietLog() logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
+}
+
+// newPrefix returns a fresh queue name whose keys are deleted after t.
+func newPrefix(t testing.TB) string {
+	prefix := fmt.Sprintf("tqtest-%s-%08x", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
+	url := redisURL(t)
+	t.Cleanup(func() {
+		opts, _ := goredis.ParseURL(url)
+		c := goredis.NewClient(opts)
+		defer c.Close()
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+	return prefix
+}
+
+func policy(d time.Duration) domain.RetryPolicy {
+	p, _ := domain.NewRetryPolicy(d, d)
+	return p
+}
+
+func newBroker(t testing.TB, prefix string, edit func(*redis.Options)) *redis.Broker {
+	opts := redis.Options{
+		URL:              redisURL(t),
+		Prefix:           prefix,
+		QueueSize:        100,
+		Retention:        time.Hour,
+		Lease:            30 * time.Second,
+		Policy:           policy(100 * time.Millisecond),
+		MaintainInterval: 100 * time.Millisecond,
+		Log:              quietLog(),
+	}
+	if edit != nil {
+		edit(&opts)
+	}
+	b, err := redis.New(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func TestContract(t *testing.T) {
+	redisURL(t)
+	brokertest.Run(t, func(t *testing.T, cfg brokertest.Config) ports.Broker {
+		return newBroker(t, newPrefix(t), func(o *redis.Options) {
+			o.QueueSize, o.Retention = cfg.QueueSize, cfg.Retention
+		})
+	})
+}
+
+func ctx5(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestUnreachableRedisNamesTheURL(t *testing.T) {
+	_, err := redis.New(context.Background(), redis.Options{
+		URL: "redis://:secret@127.0.0.1:1/0", Prefix: "x", QueueSize: 1, Lease: time.Second, Log: quietLog(),
+	})
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") || strings.Contains(err.Error(), "secret") {
+		t.Fatalf("error %v: want the URL named, without its password", err)
+	}
+	if _, err := redis.New(context.Background(), redis.Options{URL: "redis://127.0.0.1:1", Prefix: "x", QueueSize: 1, Lease: 500 * time.Millisecond, Log: quietLog()}); err == nil || !strings.Contains(err.Error(), "lease") {
+		t.Fatalf("short lease: %v", err)
+	}
+}
+
+func TestSharedQueueAcrossInstances(t *testing.T) {
+	prefix := newPrefix(t)
+	a, b := newBroker(t, prefix, nil), newBroker(t, prefix, nil)
+	low, high := brokertest.NewTask(t, 1, 0), brokertest.NewTask(t, 8, 0)
+	if err := a.Enqueue(ctx5(t), low); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Enqueue(ctx5(t), high); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Get(ctx5(t), low.ID()); err != nil || got.Status() != domain.StatusPending {
+		t.Fatalf("task submitted to a, read on b: %v %v", got, err)
+	}
+	first, err := a.Dequeue(ctx5(t))
+	if err != nil || first.ID() != high.ID() {
+		t.Fatalf("a dequeued %v, %v; want the high-priority task submitted to b", first, err)
+	}
+	// b cannot settle a's attempt.
+	_ = first.Succeed(time.Now())
+	if err := b.Settle(ctx5(t), 1, first); !errors.Is(err, domain.ErrStaleAttempt) {
+		t.Fatalf("settle from another instance: %v", err)
+	}
+}
+
+func TestBoundIsGlobalAndAtomic(t *testing.T) {
+	prefix := newPrefix(t)
+	brokers := []*redis.Broker{
+		newBroker(t, prefix, func(o *redis.Options) { o.QueueSize = 50 }),
+		newBroker(t, prefix, func(o *redis.Options) { o.QueueSize = 50 }),
+	}
+	results := make(chan error, 400)
+	for i := 0; i < 400; i++ {
+		go func(i int) { results <- brokers[i%2].Enqueue(context.Background(), brokertest.NewTask(t, i%10, 0)) }(i)
+	}
+	accepted, full := 0, 0
+	for i := 0; i < 400; i++ {
+		switch err := <-results; {
+		case err == nil:
+			accepted++
+		case errors.Is(err, domain.ErrQueueFull):
+			full++
+		default:
+			t.Fatal(err)
+		}
+	}
+	s, _ := brokers[0].Stats(ctx5(t))
+	if accepted != 50 || full != 350 || s.Pending != 50 {
+		t.Fatalf("accepted %d, full %d, pending %d; want exactly 50 accepted", accepted, full, s.Pending)
+	}
+}
+
+func TestExpiredLeaseIsRecoveredByAnotherInstance(t *testing.T) {
+	prefix := newPrefix(t)
+	dead := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
+	alive := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
+	task := brokertest.NewTask(t, 5, 2)
+	if err := dead.Enqueue(ctx5(t), task); err != nil {
+		t.Fatal(err)
+	}
+	running, err := dead.Dequeue(ctx5(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Close() // stops renewing without handing back: as if killed
+	start := time.Now()
+	again, err := alive.Dequeue(ctx5(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ID() != task.ID() || again.Attempts() != 2 || !strings.Contains(again.LastError(), "lease expired") {
+		t.Fatalf("recovered task: %+v", again.Snapshot())
+	}
+	if waited := time.Since(start); waited > 4*time.Second {
+		t.Fatalf("recovery took %v; want about the 1s lease plus a little", waited)
+	}
+	// The dead instance's late result changes nothing.
+	_ = running.Succeed(time.Now())
+	late := newBroker(t, prefix, nil)
+	if err := late.Settle(ctx5(t), 1, running); !errors.Is(err, domain.ErrStaleAttempt) {
+		t.Fatalf("late settle: %v", err)
+	}
+	if got, _ := alive.Get(ctx5(t), task.ID()); got.Status() != domain.StatusRunning || got.Attempts() != 2 {
+		t.Fatalf("after late settle: %+v", got.Snapshot())
+	}
+}
+
+func TestExpiredLeaseWithNoRetriesLeftFails(t *testing.T) {
+	prefix := newPrefix(t)
+	dead := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
+	watcher := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
+	task := brokertest.NewTask(t, 0, 0)
+	_ = dead.Enqueue(ctx5(t), task)
+	if _, err := dead.Dequeue(ctx5(t)); err != nil {
+		t.Fatal(err)
+	}
+	dead.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, err := watcher.Get(ctx5(t), task.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status() == domain.StatusFailed {
+			if !strings.Contains(got.LastError(), "lease expired") || got.Attempts() != 1 {
+				t.Fatalf("failed task: %+v", got.Snapshot())
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task never failed: %+v", got.Snapshot())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestLeaseIsRenewedWhileRunning(t *testing.T) {
+	prefix := newPrefix(t)
+	owner := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
+	other := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
+	_ = owner.Enqueue(ctx5(t), brokertest.NewTask(t, 0, 3))
+	running, err := owner.Dequeue(ctx5(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three lease periods pass; the owner keeps renewing, so nobody
+	// recovers the task and the owner's result is accepted.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if got, err := other.Dequeue(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("another instance took a renewed task: %v %v", got, err)
+	}
+	_ = running.Succeed(time.Now())
+	if err := owner.Settle(ctx5(t), 1, running); err != nil {
+		t.Fatalf("owner's settle after renewals: %v", err)
+	}
+}
+
+func TestRunningTaskWithoutLeaseIsRepaired(t *testing.T) {
+	prefix := newPrefix(t)
+	b := newBroker(t, prefix, func(o *redis.Options) { o.SweepInterval = 200 * time.Millisecond; o.Lease = time.Second })
+	task := brokertest.NewTask(t, 0, 1)
+	_ = b.Enqueue(ctx5(t), task)
+	if _, err := b.Dequeue(ctx5(t)); err != nil {
+		t.Fatal(err)
+	}
+	opts, _ := goredis.ParseURL(redisURL(t))
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	tag := "{" + prefix + "}:"
+	// Damage the queue the way a bug or manual edit could: running, no lease.
+	c.ZRem(ctx5(t), tag+"running", task.ID().String())
+	c.HDel(ctx5(t), tag+"lease", task.ID().String())
+	other := newBroker(t, prefix, func(o *redis.Options) { o.SweepInterval = 200 * time.Millisecond; o.Lease = time.Second })
+	again, err := other.Dequeue(ctx5(t))
+	if err != nil || again.ID() != task.ID() || again.Attempts() != 2 || !strings.Contains(again.LastError(), "lease expired") {
+		t.Fatalf("repaired task: %v %v", again, err)
+	}
+}
+
+func TestRedisLostAndBack(t *testing.T) {
+	srv := redisserver.Start(t)
+	b := newBroker(t, "outage", func(o *redis.Options) { o.URL = srv.URL })
+	first := brokertest.NewTask(t, 0, 0)
+	if err := b.Enqueue(ctx5(t), first); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	if err := b.Enqueue(ctx5(t), brokertest.NewTask(t, 0, 0)); !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("enqueue with Redis down: %v", err)
+	}
+	if _, err := b.Get(ctx5(t), first.ID()); !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("get with Redis down: %v", err)
+	}
+	got := make(chan *domain.Task, 1)
+	go func() {
+		task, err := b.Dequeue(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		got <- task
+	}()
+	srv.Restart() // the append-only file brings the pending task back
+	select {
+	case task := <-got:
+		if task.ID() != first.ID() {
+			t.Fatalf("after restart got %s; want %s", task.ID(), first.ID())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("workers did not resume after Redis came back")
+	}
+	if err := b.Enqueue(ctx5(t), brokertest.NewTask(t, 0, 0)); err != nil {
+		t.Fatalf("enqueue after Redis came back: %v", err)
+	}
+}

@@ -1,0 +1,79 @@
+// Package redisserver runs a private redis-server for tests that need to
+// stop and restart Redis under the service.
+package redisserver
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Server is a redis-server process on a loopback port of its own.
+type Server struct {
+	t    testing.TB
+	port int
+	dir  string
+	cmd  *exec.Cmd
+	// URL is redis://127.0.0.1:port/0.
+	URL string
+}
+
+// Start runs redis-server with an append-only file in a temporary
+// directory (so a restart keeps the data), or skips the test when
+// redis-server is not installed, unless TASKQUEUE_TEST_REDIS_REQUIRED=1.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("TASKQUEUE_TEST_REDIS_REQUIRED") == "1" {
+			t.Fatal("redis-server is not installed but Redis tests are required")
+		}
+		t.Skip("redis-server is not installed (apt-get install redis-server) ; needed to stop and restart Redis")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &Server{t: t, port: port, dir: t.TempDir(), URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port)}
+	s.Restart()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Restart starts the server again on the same port and data directory
+// and waits until it answers.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "")
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	opts, _ := goredis.ParseURL(s.URL)
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			s.t.Fatal("redis-server did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill stops the server at once (SIGKILL), as a crash or a cut link would.
+func (s *Server) Kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
