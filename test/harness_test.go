@@ -263,6 +263,7 @@ type receiver struct {
 	inFlight int
 	peak     int
 	hold     chan struct{} // while open, calls wait
+	gate     chan struct{} // if set, each call waits for one value
 	status   int
 }
 
@@ -287,12 +288,26 @@ func newReceiver(t *testing.T, status int, hold bool) *receiver {
 			case <-req.Context().Done():
 			}
 		}
+		if r.gate != nil {
+			select {
+			case <-r.gate:
+			case <-req.Context().Done():
+			}
+		}
 		r.mu.Lock()
 		r.inFlight--
 		r.mu.Unlock()
 		w.WriteHeader(r.status)
 	}))
 	t.Cleanup(func() { r.releaseAll(); r.Close() })
+	return r
+}
+
+// newGatedReceiver returns a receiver whose calls each wait for a value on
+// its gate, so a test can free one worker at a time.
+func newGatedReceiver(t *testing.T) *receiver {
+	r := newReceiver(t, 200, false)
+	r.gate = make(chan struct{}, 1000)
 	return r
 }
 

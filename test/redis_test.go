@@ -1,0 +1,252 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/taskqueue/taskqueue/test/redisserver"
+)
+
+// redisURL returns the shared test Redis or skips; see the adapter tests.
+func redisURL(t *testing.T) string {
+	u := os.Getenv("TASKQUEUE_TEST_REDIS_URL")
+	if u == "" {
+		if os.Getenv("TASKQUEUE_TEST_REDIS_REQUIRED") == "1" {
+			t.Fatal("TASKQUEUE_TEST_REDIS_URL is not set but Redis tests are required")
+		}
+		t.Skip("set TASKQUEUE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run the multi-instance tests")
+	}
+	return u
+}
+
+// redisArgs returns the flags for an instance on a fresh queue of url,
+// whose keys are deleted when t ends.
+func redisArgs(t *testing.T, url string) []string {
+	prefix := fmt.Sprintf("bb-%s-%08x", t.Name(), rand.Uint32())
+	t.Cleanup(func() {
+		opts, _ := goredis.ParseURL(url)
+		c := goredis.NewClient(opts)
+		defer c.Close()
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+	return []string{"--broker", "redis", "--redis-url", url, "--redis-prefix", prefix}
+}
+
+func startN(t *testing.T, n int, args ...string) []*server {
+	var out []*server
+	for i := 0; i < n; i++ {
+		out = append(out, start(t, args...))
+	}
+	return out
+}
+
+func TestRedisThreeInstancesRunEachTaskOnce(t *testing.T) {
+	hook := newReceiver(t, 200, false)
+	args := append(redisArgs(t, redisURL(t)), "--workers", "5", "--handler", "job="+hook.URL)
+	servers := startN(t, 3, args...)
+	const total = 2000
+	ids := make([]string, total)
+	var wg sync.WaitGroup
+	for p := 0; p < 8; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			for i := p; i < total; i += 8 {
+				ids[i] = servers[i%3].submit("job", i%10, 0)
+			}
+		}(p)
+	}
+	wg.Wait()
+	eventually(t, "every task to reach the webhook", func() bool { return hook.count() >= total })
+	for i, id := range ids {
+		servers[(i+1)%3].waitStatus(id, "succeeded") // read on another instance
+	}
+	calls, _, _ := hook.snapshot()
+	seen := map[string]int{}
+	for _, c := range calls {
+		seen[c.ID]++
+	}
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Fatalf("task %s ran %d times; want exactly once", id, seen[id])
+		}
+	}
+	if len(calls) != total {
+		t.Fatalf("%d webhook calls for %d tasks", len(calls), total)
+	}
+}
+
+func TestRedisGlobalPriorityAcrossInstances(t *testing.T) {
+	hook := newGatedReceiver(t)
+	args := append(redisArgs(t, redisURL(t)), "--workers", "1", "--handler", "job="+hook.URL)
+	servers := startN(t, 3, args...)
+	for i := 0; i < 3; i++ { // occupy every worker
+		servers[i].submit("job", 0, 0)
+	}
+	eventually(t, "all three workers busy", func() bool { _, n, _ := hook.snapshot(); return n == 3 })
+	priorities := []int{1, 5, 9, 3, 7, 2, 8, 4, 6}
+	for i, p := range priorities {
+		servers[i%3].submit("job", p, 0)
+	}
+	var got []int
+	for i := range priorities {
+		hook.gate <- struct{}{} // free one worker; it takes the next task
+		eventually(t, "the next task to start", func() bool { return hook.count() == 4+i })
+		calls, _, _ := hook.snapshot()
+		got = append(got, calls[3+i].Payload["p"])
+	}
+	if fmt.Sprint(got) != "[9 8 7 6 5 4 3 2 1]" {
+		t.Fatalf("tasks submitted to three instances started in order %v", got)
+	}
+	for i := 0; i < 12; i++ {
+		hook.gate <- struct{}{}
+	}
+}
+
+func TestRedisKilledInstanceTaskIsRecovered(t *testing.T) {
+	hook := newReceiver(t, 200, true)
+	args := append(redisArgs(t, redisURL(t)), "--workers", "1", "--lease", "1s", "--handler", "job="+hook.URL)
+	victim := start(t, args...)
+	id := victim.submit("job", 0, 2)
+	eventually(t, "the victim to start the task", func() bool { return hook.count() == 1 })
+	survivor := start(t, args...)
+	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	eventually(t, "another instance to run the task again", func() bool { return hook.count() == 2 })
+	if took := time.Since(killed); took > 5*time.Second {
+		t.Errorf("recovery took %v; want the 1s lease plus a few seconds", took)
+	}
+	hook.releaseAll()
+	task := survivor.waitStatus(id, "succeeded")
+	if task["attempts"] != 2.0 || !strings.Contains(task["last_error"].(string), "lease expired") {
+		t.Fatalf("record does not show the lost attempt: %v", task)
+	}
+	calls, _, _ := hook.snapshot()
+	if calls[1].ID != id || calls[1].Attempt != 2 {
+		t.Fatalf("second call: %+v", calls[1])
+	}
+}
+
+func TestRedisStopAllAndRestartLosesNothing(t *testing.T) {
+	url := redisURL(t)
+	hold := newReceiver(t, 200, true)
+	args := append(redisArgs(t, url), "--workers", "1", "--shutdown-timeout", "200ms")
+	first := startN(t, 3, append(args, "--handler", "job="+hold.URL)...)
+	var ids []string
+	for i := 0; i < 20; i++ {
+		ids = append(ids, first[i%3].submit("job", i%10, 0))
+	}
+	eventually(t, "three attempts in flight", func() bool { _, n, _ := hold.snapshot(); return n == 3 })
+	for _, s := range first {
+		s.signal()
+	}
+	for _, s := range first {
+		if err := s.wait(); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	}
+	for _, s := range first {
+		if l := s.findLog("tasks stay in Redis"); l == nil {
+			t.Fatalf("shutdown did not report what stays in Redis:\n%s", s.logText())
+		}
+	}
+	ok := newReceiver(t, 200, false)
+	second := startN(t, 3, append(args, "--handler", "job="+ok.URL)...)
+	for i, id := range ids {
+		task := second[i%3].waitStatus(id, "succeeded")
+		if task["attempts"] != 1.0 {
+			// Handed back attempts do not count; each task ran once to completion.
+			t.Fatalf("task %s: %v", id, task)
+		}
+	}
+	calls, _, _ := ok.snapshot()
+	if len(calls) != 20 {
+		t.Fatalf("after restart %d tasks ran; want all 20", len(calls))
+	}
+}
+
+func TestRedisRestartUnderLoad(t *testing.T) {
+	srv := redisserver.Start(t)
+	// A dequeue whose reply is lost when Redis dies leaves its task running
+	// under a lease nobody renews; a short lease lets recovery run in time.
+	args := append(redisArgs(t, srv.URL), "--workers", "4", "--lease", "2s")
+	servers := startN(t, 2, args...)
+	var mu sync.Mutex
+	var accepted []string
+	refused := 0
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func(s *server) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r := s.request("POST", "/task", `{"type":"noop"}`)
+				mu.Lock()
+				switch r.status {
+				case 202:
+					accepted = append(accepted, r.body["id"].(string))
+				case 503:
+					refused++
+					if r.header.Get("Retry-After") != "1" || !strings.Contains(r.body["error"].(string), "unavailable") {
+						t.Errorf("503 during outage: %v %v", r.header, r.body)
+					}
+				default:
+					t.Errorf("status %d during outage: %v", r.status, r.body)
+				}
+				mu.Unlock()
+				time.Sleep(2 * time.Millisecond) // pacing the load, not an assertion
+			}
+		}(servers[i])
+	}
+	count := func() (int, int) { mu.Lock(); defer mu.Unlock(); return len(accepted), refused }
+	eventually(t, "load before the outage", func() bool { n, _ := count(); return n >= 100 })
+	srv.Kill()
+	eventually(t, "submissions refused while Redis is down", func() bool { _, r := count(); return r >= 20 })
+	if r := servers[0].request("GET", "/healthz", ""); r.status != 200 {
+		t.Fatalf("/healthz while Redis is down: %d", r.status)
+	}
+	before, _ := count()
+	srv.Restart()
+	eventually(t, "submissions accepted again", func() bool { n, _ := count(); return n >= before+100 })
+	close(stop)
+	wg.Wait()
+	for i, id := range accepted {
+		s := servers[i%2]
+		eventually(t, "task "+id+" to succeed", func() bool {
+			r := s.request("GET", "/task/"+id, "")
+			// Right after the restart a pooled connection can still be a
+			// dead one: that is a clean 503, and the next call is fine.
+			return r.status == 200 && r.body["status"] == "succeeded"
+		})
+	}
+	resumed := 0
+	for _, s := range servers {
+		if s.findLog("taking tasks from Redis again") != nil {
+			resumed++
+		}
+	}
+	if resumed == 0 {
+		t.Fatal("no instance reported losing and regaining Redis")
+	}
+}
