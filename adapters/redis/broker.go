@@ -78,13 +78,13 @@ type Broker struct {
 }
 
 type lease struct {
-	token   string
+	member  string // "id|token" in the running set
 	attempt int
-	score   string
+	score   string // place in the ready set, for a hand-back
 }
 
 type keys struct {
-	ready, running, lease, delayed, finished, seq, wake, task string
+	ready, running, delayed, finished, seq, wake, task string
 }
 
 var _ ports.Broker = (*Broker)(nil)
@@ -140,7 +140,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		_ = rdb.Close()
 		return nil, fmt.Errorf("cannot reach Redis at %s: %w", Redact(opts.URL), err)
 	}
-	for _, s := range []*goredis.Script{enqueueScript, dequeueScript, settleScript, renewScript, maintainScript, repairScript} {
+	for _, s := range []*goredis.Script{enqueueScript, dequeueScript, settleScript, renewScript, maintainScript, getScript, repairScript} {
 		if err := s.Load(pingCtx, rdb).Err(); err != nil {
 			_ = rdb.Close()
 			return nil, fmt.Errorf("load scripts into Redis at %s: %w", Redact(opts.URL), err)
@@ -153,7 +153,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		rdb:  rdb,
 		opts: opts,
 		keys: keys{
-			ready: tag + "ready", running: tag + "running", lease: tag + "lease", delayed: tag + "delayed",
+			ready: tag + "ready", running: tag + "running", delayed: tag + "delayed",
 			finished: tag + "finished", seq: tag + "seq", wake: tag + "wake", task: tag + "t:",
 		},
 		log:     opts.Log.WithField("broker", "redis"),
@@ -206,7 +206,7 @@ func (b *Broker) Enqueue(ctx context.Context, task *domain.Task) error {
 	if task.Status() != domain.StatusPending {
 		return &domain.TransitionError{Action: "enqueue", From: task.Status()}
 	}
-	rec, err := encodeRecord(task, "")
+	rec, err := encodeRecord(task)
 	if err != nil {
 		return err
 	}
@@ -226,17 +226,24 @@ func (b *Broker) Enqueue(ctx context.Context, task *domain.Task) error {
 	}
 }
 
-// Get returns the stored task; see ports.TaskReader.
+// Get returns the stored task, with its running attempt if it has one;
+// see ports.TaskReader.
 func (b *Broker) Get(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
-	raw, err := b.rdb.Get(ctx, b.keys.task+id.String()).Result()
+	idStr := id.String()
+	res, err := getScript.Run(ctx, b.rdb, []string{b.keys.running, b.keys.task + idStr}, idStr).Slice()
 	if errors.Is(err, goredis.Nil) {
 		return nil, domain.ErrTaskNotFound
 	}
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	t, _, err := decodeRecord(id, raw)
-	return t, err
+	raw, _ := res[0].(string)
+	member, _ := res[1].(string)
+	t, err := decodeRecord(id, raw)
+	if err != nil || member == "" {
+		return t, err
+	}
+	return runningView(t, member)
 }
 
 // Settle stores the outcome of an attempt this instance runs; see
@@ -266,8 +273,8 @@ func (b *Broker) Settle(ctx context.Context, attempt int, task *domain.Task) err
 	return err
 }
 
-// settle runs the settle script for task under lease h. expiredBy, when
-// set, also requires the lease to have run out by then.
+// settle runs the settle script for task's attempt under lease h.
+// expiredBy, when set, also requires the lease to have run out by then.
 func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expiredBy string) error {
 	var kind, scoreOrDue string
 	switch task.Status() {
@@ -280,20 +287,19 @@ func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expired
 	default:
 		return &domain.TransitionError{Action: "settle", From: task.Status()}
 	}
-	rec, err := encodeRecord(task, h.score)
+	rec, err := encodeRecord(task)
 	if err != nil {
 		return err
 	}
-	id := task.ID().String()
 	res, err := b.run(ctx, settleScript,
-		[]string{b.keys.running, b.keys.lease, b.keys.delayed, b.keys.ready, b.keys.finished, b.keys.wake},
-		b.keys.task, id, h.token, rec, kind, scoreOrDue, b.opts.Retention.Milliseconds(), b.opts.MaxFinished,
-		ms(b.opts.Now()), expiredBy)
+		[]string{b.keys.running, b.keys.delayed, b.keys.ready, b.keys.finished, b.keys.wake},
+		b.keys.task, task.ID().String(), h.member, rec, kind, scoreOrDue, b.opts.Retention.Milliseconds(),
+		b.opts.MaxFinished, expiredBy)
 	if err != nil {
 		return err
 	}
 	if n, _ := res.(int64); n != 1 {
-		return fmt.Errorf("settle attempt %d of task %s: %w", task.Attempts(), id, domain.ErrStaleAttempt)
+		return fmt.Errorf("settle attempt %d of task %s: %w", h.attempt, task.ID(), domain.ErrStaleAttempt)
 	}
 	return nil
 }
@@ -306,7 +312,10 @@ func (b *Broker) release(id uuid.UUID) {
 
 // Stats counts the tasks of the whole shared queue by state.
 type Stats struct {
-	Pending, Running, Retrying, Finished int64
+	Pending, Running, Retrying int64
+	// Finished counts finished tasks tracked for --max-finished (0 when
+	// there is no cap); some may already have expired.
+	Finished int64
 }
 
 // Stats returns the queue's counts, or domain.ErrUnavailable.
@@ -315,7 +324,7 @@ func (b *Broker) Stats(ctx context.Context) (Stats, error) {
 	ready := pipe.ZCard(ctx, b.keys.ready)
 	running := pipe.ZCard(ctx, b.keys.running)
 	delayed := pipe.ZCard(ctx, b.keys.delayed)
-	finished := pipe.ZCard(ctx, b.keys.finished)
+	finished := pipe.LLen(ctx, b.keys.finished)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return Stats{}, unavailable(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/taskqueue/taskqueue/domain"
@@ -155,7 +154,7 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	now := b.opts.Now()
 	prefix := b.id + ":" + strconv.FormatUint(b.fetchN.Add(1), 36)
 	res, err := dequeueScript.Run(ctx, b.rdb,
-		[]string{b.keys.ready, b.keys.running, b.keys.lease, b.keys.delayed, b.keys.seq, b.keys.wake},
+		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
 		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, prefix).Slice()
 	if err != nil {
 		return nil, time.Time{}, unavailable(err)
@@ -166,21 +165,24 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	}
 	var tasks []*domain.Task
 	for i := 2; i+2 < len(res); i += 3 {
-		idStr, _ := res[i].(string)
-		token, _ := res[i+1].(string)
+		member, _ := res[i].(string)
+		score, _ := res[i+1].(string)
 		raw, _ := res[i+2].(string)
-		id, err := uuid.Parse(idStr)
+		id, err := memberID(member)
 		if err != nil {
-			b.log.WithField("id", idStr).Error("ready set holds an id that is not a UUID; skipping it")
+			b.log.WithField("member", member).Error("ready set holds an id that is not a UUID; leaving it to lease recovery")
 			continue
 		}
-		t, score, err := decodeRecord(id, raw)
+		t, err := decodeRecord(id, raw)
+		if err == nil {
+			t, err = runningView(t, member)
+		}
 		if err != nil {
 			b.log.WithError(err).Error("cannot read a task record; leaving it to lease recovery")
 			continue
 		}
 		b.mu.Lock()
-		b.held[id] = lease{token: token, attempt: t.Attempts(), score: score}
+		b.held[id] = lease{member: member, attempt: t.Attempts(), score: score}
 		b.mu.Unlock()
 		tasks = append(tasks, t)
 	}

@@ -2,12 +2,12 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
-	"github.com/google/uuid"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
@@ -27,23 +27,24 @@ func (b *Broker) renewLoop() {
 		case <-t.C:
 		}
 		b.mu.Lock()
-		args := make([]any, 0, 1+2*len(b.held))
+		args := make([]any, 0, 1+len(b.held))
 		args = append(args, ms(b.opts.Now().Add(b.opts.Lease)))
-		for id, h := range b.held {
-			args = append(args, id.String(), h.token)
+		for _, h := range b.held {
+			args = append(args, h.member)
 		}
 		b.mu.Unlock()
 		if len(args) == 1 {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
-		lost, err := renewScript.Run(ctx, b.rdb, []string{b.keys.running, b.keys.lease}, args...).StringSlice()
+		lost, err := renewScript.Run(ctx, b.rdb, []string{b.keys.running}, args...).StringSlice()
 		cancel()
 		if err != nil {
 			b.log.WithError(err).Warn("cannot renew leases; if Redis stays away they expire and other instances take over")
 			continue
 		}
-		for _, id := range lost {
+		for _, m := range lost {
+			id, _ := memberID(m)
 			b.log.WithField("task_id", id).Warn("lease lost: another instance recovered this task; this attempt's result will be discarded")
 		}
 	}
@@ -71,14 +72,14 @@ func (b *Broker) maintain() error {
 	defer cancel()
 	now := b.opts.Now()
 	expired, err := maintainScript.Run(ctx, b.rdb,
-		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake, b.keys.finished},
-		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Retention.Milliseconds()).StringSlice()
+		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
+		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10)).StringSlice()
 	if err != nil {
 		return unavailable(err)
 	}
-	for _, id := range expired {
-		if err := b.recover(ctx, id, now); err != nil {
-			b.log.WithError(err).WithField("task_id", id).Warn("cannot recover a task whose lease expired")
+	for _, member := range expired {
+		if err := b.recover(ctx, member, now); err != nil {
+			b.log.WithError(err).WithField("member", member).Warn("cannot recover a task whose lease expired")
 		}
 	}
 	return nil
@@ -88,39 +89,33 @@ func (b *Broker) maintain() error {
 // retry policy, fenced by the lease it read: if the owner renewed or
 // settled meanwhile, or another instance recovered it first, nothing
 // changes.
-func (b *Broker) recover(ctx context.Context, idStr string, now time.Time) error {
-	id, err := uuid.Parse(idStr)
+func (b *Broker) recover(ctx context.Context, member string, now time.Time) error {
+	id, err := memberID(member)
 	if err != nil {
-		return err
+		return b.rdb.ZRem(ctx, b.keys.running, member).Err() // not ours to read
 	}
-	pipe := b.rdb.Pipeline()
-	get := pipe.Get(ctx, b.keys.task+idStr)
-	tok := pipe.HGet(ctx, b.keys.lease, idStr)
-	_, _ = pipe.Exec(ctx)
-	raw, err := get.Result()
+	raw, err := b.rdb.Get(ctx, b.keys.task+id.String()).Result()
 	if errors.Is(err, goredis.Nil) {
-		// The record is gone: drop the dangling lease.
-		return b.rdb.ZRem(ctx, b.keys.running, idStr).Err()
+		return b.rdb.ZRem(ctx, b.keys.running, member).Err() // the record is gone
 	}
 	if err != nil {
 		return unavailable(err)
 	}
-	token, err := tok.Result()
-	if err != nil && !errors.Is(err, goredis.Nil) {
-		return unavailable(err)
+	task, err := decodeRecord(id, raw)
+	if err == nil {
+		task, err = runningView(task, member)
 	}
-	task, score, err := decodeRecord(id, raw)
 	if err != nil {
 		return err
 	}
 	attempt := task.Attempts()
 	cause := fmt.Sprintf("lease expired: the instance running attempt %d stopped renewing it (it crashed or lost Redis)", attempt)
 	if err := task.Fail(now, cause, b.opts.Policy, b.opts.Random()); err != nil {
-		return err // not running: a settle won the race
+		return err
 	}
-	err = b.settle(ctx, task, lease{token: token, attempt: attempt, score: score}, ms(now))
+	err = b.settle(ctx, task, lease{member: member, attempt: attempt}, ms(now))
 	if errors.Is(err, domain.ErrStaleAttempt) {
-		return nil
+		return nil // renewed, settled or recovered meanwhile
 	}
 	if err == nil {
 		entry := b.log.WithFields(logrus.Fields{"task_id": id, "type": task.Type(), "attempt": attempt, "error": cause})
@@ -133,9 +128,11 @@ func (b *Broker) recover(ctx context.Context, idStr string, now time.Time) error
 	return err
 }
 
-// sweepLoop looks through every task record for running tasks that have
-// no lease (which the scripts never leave, but a manual edit or a bug
-// could) and gives them an expired one, so recovery takes them.
+// sweepLoop looks through every task record for tasks that no set holds:
+// a record stored as running without a lease (which this version never
+// writes, but an older one, a manual edit or a bug could), or a pending or
+// retrying task missing from its set. It puts each back, so nothing stays
+// stuck.
 func (b *Broker) sweepLoop() {
 	defer b.loops.Done()
 	t := time.NewTicker(b.opts.SweepInterval)
@@ -147,9 +144,9 @@ func (b *Broker) sweepLoop() {
 		case <-t.C:
 		}
 		if n, err := b.sweep(); err != nil && b.ctx.Err() == nil {
-			b.log.WithError(err).Debug("sweep for running tasks without a lease stopped early")
+			b.log.WithError(err).Debug("sweep for stuck tasks stopped early")
 		} else if n > 0 {
-			b.log.WithField("count", n).Warn("found running tasks without a lease; they will be recovered")
+			b.log.WithField("count", n).Warn("found tasks that no queue set held; put them back")
 		}
 	}
 }
@@ -159,43 +156,57 @@ func (b *Broker) sweep() (repaired int, err error) {
 	defer cancel()
 	iter := b.rdb.Scan(ctx, 0, b.keys.task+"*", 1000).Iterator()
 	var batch []string
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	for {
+		more := iter.Next(ctx)
+		if more {
+			batch = append(batch, iter.Val())
 		}
-		vals, err := b.rdb.MGet(ctx, batch...).Result()
-		if err != nil {
-			return err
-		}
-		for i, v := range vals {
-			raw, ok := v.(string)
-			if !ok {
-				continue
-			}
-			var r record
-			if decodeErr := jsonUnmarshal(raw, &r); decodeErr != nil || r.Status != domain.StatusRunning.String() {
-				continue
-			}
-			id := batch[i][len(b.keys.task):]
-			n, err := repairScript.Run(ctx, b.rdb, []string{b.keys.running, b.keys.lease}, b.keys.task, id).Int()
-			if err != nil {
-				return err
-			}
+		if len(batch) == 500 || !more && len(batch) > 0 {
+			n, err := b.repairBatch(ctx, batch)
 			repaired += n
-		}
-		batch = batch[:0]
-		return nil
-	}
-	for iter.Next(ctx) {
-		batch = append(batch, iter.Val())
-		if len(batch) == 500 {
-			if err := flush(); err != nil {
+			if err != nil {
 				return repaired, err
 			}
+			batch = batch[:0]
+		}
+		if !more {
+			return repaired, iter.Err()
 		}
 	}
-	if err := iter.Err(); err != nil {
-		return repaired, err
+}
+
+// repairBatch checks one batch of record keys cheaply (one MGET, one
+// ZMSCORE per set) and runs the repair script only on tasks no set holds.
+func (b *Broker) repairBatch(ctx context.Context, keys []string) (int, error) {
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k[len(b.keys.task):]
 	}
-	return repaired, flush()
+	pipe := b.rdb.Pipeline()
+	vals := pipe.MGet(ctx, keys...)
+	inReady := pipe.ZMScore(ctx, b.keys.ready, ids...)
+	inDelayed := pipe.ZMScore(ctx, b.keys.delayed, ids...)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, err
+	}
+	repaired := 0
+	for i, v := range vals.Val() {
+		raw, ok := v.(string)
+		if !ok || inReady.Val()[i] != 0 || inDelayed.Val()[i] != 0 {
+			continue // gone, or where it belongs (a zero score never occurs)
+		}
+		var r record
+		if json.Unmarshal([]byte(raw), &r) != nil || r.Status == domain.StatusSucceeded.String() || r.Status == domain.StatusFailed.String() {
+			continue
+		}
+		now := b.opts.Now()
+		n, err := repairScript.Run(ctx, b.rdb,
+			[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake, keys[i]},
+			ids[i], strconv.FormatInt(now.UnixNano(), 10)).Int()
+		if err != nil {
+			return repaired, err
+		}
+		repaired += n
+	}
+	return repaired, nil
 }

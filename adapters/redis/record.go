@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,10 +28,9 @@ type record struct {
 	Started    string `json:"st,omitempty"`
 	Finished   string `json:"f,omitempty"`
 	Next       string `json:"n,omitempty"`
-	Score      string `json:"q,omitempty"` // place in the ready set, kept for hand-backs
 }
 
-func encodeRecord(t *domain.Task, score string) (string, error) {
+func encodeRecord(t *domain.Task) (string, error) {
 	s := t.Snapshot()
 	b, err := json.Marshal(record{
 		Type:       s.Type,
@@ -45,21 +45,19 @@ func encodeRecord(t *domain.Task, score string) (string, error) {
 		Started:    nanos(s.StartedAt),
 		Finished:   nanos(s.FinishedAt),
 		Next:       nanos(s.NextAttemptAt),
-		Score:      score,
 	})
 	return string(b), err
 }
 
-// decodeRecord rebuilds the task with the given id from its stored record
-// and returns it with its ready score.
-func decodeRecord(id uuid.UUID, raw string) (*domain.Task, string, error) {
+// decodeRecord rebuilds the task with the given id from its stored record.
+func decodeRecord(id uuid.UUID, raw string) (*domain.Task, error) {
 	var r record
 	if err := json.Unmarshal([]byte(raw), &r); err != nil {
-		return nil, "", fmt.Errorf("task %s: corrupt record: %w", id, err)
+		return nil, fmt.Errorf("task %s: corrupt record: %w", id, err)
 	}
 	status, err := domain.ParseStatus(r.Status)
 	if err != nil {
-		return nil, "", fmt.Errorf("task %s: %w", id, err)
+		return nil, fmt.Errorf("task %s: %w", id, err)
 	}
 	var payload []byte
 	if r.Payload != "" {
@@ -81,9 +79,33 @@ func decodeRecord(id uuid.UUID, raw string) (*domain.Task, string, error) {
 		NextAttemptAt: fromNanos(r.Next),
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("task %s: %w", id, err)
+		return nil, fmt.Errorf("task %s: %w", id, err)
 	}
-	return t, r.Score, nil
+	return t, nil
+}
+
+// runningView is the task as it stands while the attempt of the given
+// running member runs: the stored record plus that attempt, started at the
+// time the member's token ends with. A record already stored as running
+// (an older writer) is taken as it is.
+func runningView(t *domain.Task, member string) (*domain.Task, error) {
+	if t.Status() == domain.StatusRunning {
+		return t, nil
+	}
+	i := strings.LastIndexByte(member, ':')
+	if i < 0 {
+		return nil, fmt.Errorf("task %s: malformed running member %q", t.ID(), member)
+	}
+	if err := t.Start(fromNanos(member[i+1:])); err != nil {
+		return nil, fmt.Errorf("task %s: %w", t.ID(), err)
+	}
+	return t, nil
+}
+
+// memberID returns the task id a running member belongs to.
+func memberID(member string) (uuid.UUID, error) {
+	id, _, _ := strings.Cut(member, "|")
+	return uuid.Parse(id)
 }
 
 func nanos(t time.Time) string {
@@ -100,5 +122,3 @@ func fromNanos(s string) time.Time {
 	}
 	return time.Unix(0, n).UTC()
 }
-
-func jsonUnmarshal(raw string, v any) error { return json.Unmarshal([]byte(raw), v) }

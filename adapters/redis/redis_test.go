@@ -251,23 +251,48 @@ func TestLeaseIsRenewedWhileRunning(t *testing.T) {
 
 func TestRunningTaskWithoutLeaseIsRepaired(t *testing.T) {
 	prefix := newPrefix(t)
-	b := newBroker(t, prefix, func(o *redis.Options) { o.SweepInterval = 200 * time.Millisecond; o.Lease = time.Second })
+	sweepFast := func(o *redis.Options) { o.SweepInterval = 200 * time.Millisecond; o.Lease = time.Second }
+	b := newBroker(t, prefix, sweepFast)
 	task := brokertest.NewTask(t, 0, 1)
 	_ = b.Enqueue(ctx5(t), task)
-	if _, err := b.Dequeue(ctx5(t)); err != nil {
+	running, err := b.Dequeue(ctx5(t))
+	if err != nil {
 		t.Fatal(err)
 	}
+	b.Close()
 	opts, _ := goredis.ParseURL(redisURL(t))
 	c := goredis.NewClient(opts)
 	defer c.Close()
 	tag := "{" + prefix + "}:"
-	// Damage the queue the way a bug or manual edit could: running, no lease.
-	c.ZRem(ctx5(t), tag+"running", task.ID().String())
-	c.HDel(ctx5(t), tag+"lease", task.ID().String())
-	other := newBroker(t, prefix, func(o *redis.Options) { o.SweepInterval = 200 * time.Millisecond; o.Lease = time.Second })
+	// Damage the queue the way an older writer, a manual edit or a bug
+	// could: the record says running, and no lease exists.
+	c.Del(ctx5(t), tag+"running")
+	raw, _ := c.Get(ctx5(t), tag+"t:"+task.ID().String()).Result()
+	raw = strings.Replace(raw, `"s":"pending","a":0`, `"s":"running","a":1`, 1)
+	c.Set(ctx5(t), tag+"t:"+task.ID().String(), raw, 0)
+	if got, _ := newBroker(t, prefix, nil).Get(ctx5(t), task.ID()); got.Status() != domain.StatusRunning || got.Attempts() != 1 {
+		t.Fatalf("damage not in place: %+v (record %s)", got.Snapshot(), raw)
+	}
+	other := newBroker(t, prefix, sweepFast)
 	again, err := other.Dequeue(ctx5(t))
 	if err != nil || again.ID() != task.ID() || again.Attempts() != 2 || !strings.Contains(again.LastError(), "lease expired") {
 		t.Fatalf("repaired task: %v %v", again, err)
+	}
+	_ = running
+}
+
+func TestPendingTaskMissingFromItsSetIsPutBack(t *testing.T) {
+	prefix := newPrefix(t)
+	b := newBroker(t, prefix, func(o *redis.Options) { o.SweepInterval = 200 * time.Millisecond })
+	task := brokertest.NewTask(t, 3, 0)
+	_ = b.Enqueue(ctx5(t), task)
+	opts, _ := goredis.ParseURL(redisURL(t))
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	c.ZRem(ctx5(t), "{"+prefix+"}:ready", task.ID().String())
+	got, err := b.Dequeue(ctx5(t))
+	if err != nil || got.ID() != task.ID() || got.Attempts() != 1 {
+		t.Fatalf("stranded pending task: %v %v", got, err)
 	}
 }
 
