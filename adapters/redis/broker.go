@@ -91,6 +91,7 @@ var _ ports.Broker = (*Broker)(nil)
 
 const (
 	fetchBatch      = 64
+	maxFetches      = 3
 	pipelineBatch   = 128
 	pipelineCallers = 4
 	opTimeout       = 5 * time.Second

@@ -3,6 +3,8 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -80,14 +82,29 @@ func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
 	return nil, err
 }
 
-// fetchLoop serves waiting Dequeue calls until Close.
+// fetchResult is one dequeue call's answer for the waiters it served.
+type fetchResult struct {
+	waiters []*waiter
+	tasks   []*domain.Task
+	nextDue time.Time
+	err     error
+}
+
+// fetchLoop serves waiting Dequeue calls until Close. Up to maxFetches
+// dequeue calls run at once, each for workers already waiting, so a busy
+// instance is not held to one round trip at a time; tasks are never
+// fetched ahead of a waiting worker, which keeps the global order.
 func (b *Broker) fetchLoop() {
 	defer b.loops.Done()
+	results := make(chan fetchResult, maxFetches)
 	var waiting []*waiter
+	inflight := 0
+	empty := false // the last answer found nothing ready
+	var nextDue time.Time
 	failing := false
 	backoff := 100 * time.Millisecond
 	for {
-		if len(waiting) == 0 {
+		if len(waiting) == 0 && inflight == 0 {
 			select {
 			case w := <-b.waiters:
 				waiting = append(waiting, w)
@@ -104,45 +121,81 @@ func (b *Broker) fetchLoop() {
 				break gather
 			}
 		}
-		live := waiting[:0]
-		for _, w := range waiting {
-			if !w.left() {
-				live = append(live, w)
-			}
-		}
-		waiting = live
-		if len(waiting) == 0 {
-			continue
-		}
+		waiting = slices.DeleteFunc(waiting, (*waiter).left)
 
-		tasks, nextDue, err := b.fetch(min(len(waiting), fetchBatch))
-		if err != nil {
-			if !failing {
-				b.log.WithError(err).Warn("cannot take tasks from Redis; retrying with backoff")
-				failing = true
-			}
-			if !b.sleep(backoff) {
-				return
-			}
-			backoff = min(2*backoff, 5*time.Second)
+		if len(waiting) > 0 && inflight < maxFetches && !empty {
+			// Each batch gets its own array: batches in flight must not share
+			// one with waiting, or appends to one overwrite the other.
+			batch := slices.Clone(waiting[:min(len(waiting), fetchBatch)])
+			waiting = slices.Delete(waiting, 0, len(batch))
+			inflight++
+			go func() {
+				tasks, due, err := b.fetch(len(batch))
+				results <- fetchResult{waiters: batch, tasks: tasks, nextDue: due, err: err}
+			}()
 			continue
 		}
-		if failing {
-			b.log.Info("taking tasks from Redis again")
-			failing, backoff = false, 100*time.Millisecond
-		}
-		for _, t := range tasks {
-			delivered := false
-			for len(waiting) > 0 && !delivered {
-				delivered = waiting[0].deliver(t)
-				waiting = waiting[1:]
-			}
-			if !delivered {
-				b.unfetch(t)
-			}
-		}
-		if len(tasks) == 0 {
+		if empty && inflight == 0 && len(waiting) > 0 {
 			b.waitForWork(nextDue)
+			empty = false
+			continue
+		}
+		select {
+		case r := <-results:
+			inflight--
+			leftover := b.deliver(r)
+			waiting = append(leftover[:len(leftover):len(leftover)], waiting...) // they have waited longest
+			switch {
+			case r.err != nil:
+				if !failing {
+					b.log.WithError(r.err).Warn("cannot take tasks from Redis; retrying with backoff")
+					failing = true
+				}
+				if !b.sleep(backoff) {
+					b.drainFetches(results, inflight)
+					return
+				}
+				backoff = min(2*backoff, 5*time.Second)
+			case failing:
+				b.log.Info("taking tasks from Redis again")
+				failing, backoff = false, 100*time.Millisecond
+			}
+			if r.err == nil && len(r.tasks) < len(r.waiters) {
+				empty, nextDue = true, r.nextDue
+			}
+		case w := <-b.waiters:
+			waiting = append(waiting, w)
+		case <-b.stop:
+			b.drainFetches(results, inflight)
+			return
+		}
+	}
+}
+
+// deliver gives r's tasks to r's waiters in order, hands back tasks whose
+// waiter left, and returns the waiters that got nothing.
+func (b *Broker) deliver(r fetchResult) []*waiter {
+	waiters := r.waiters
+	for _, t := range r.tasks {
+		delivered := false
+		for len(waiters) > 0 && !delivered {
+			delivered = waiters[0].deliver(t)
+			waiters = waiters[1:]
+		}
+		if !delivered {
+			b.unfetch(t)
+		}
+	}
+	return waiters
+}
+
+// drainFetches waits for the dequeue calls still running at Close and
+// hands back what they took.
+func (b *Broker) drainFetches(results chan fetchResult, inflight int) {
+	for ; inflight > 0; inflight-- {
+		r := <-results
+		for _, t := range r.tasks {
+			b.unfetch(t)
 		}
 	}
 }
@@ -153,11 +206,17 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	defer cancel()
 	now := b.opts.Now()
 	prefix := b.id + ":" + strconv.FormatUint(b.fetchN.Add(1), 36)
-	res, err := dequeueScript.Run(ctx, b.rdb,
+	// Through the shared pipelines: a fetch then often rides in the same
+	// round trip as the completions of the workers it is fetching for.
+	val, err := b.run(ctx, dequeueScript,
 		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
-		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, prefix).Slice()
+		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, prefix)
 	if err != nil {
-		return nil, time.Time{}, unavailable(err)
+		return nil, time.Time{}, err
+	}
+	res, ok := val.([]any)
+	if !ok || len(res) < 2 {
+		return nil, time.Time{}, fmt.Errorf("dequeue script returned %T", val)
 	}
 	var nextDue time.Time
 	if due, _ := res[1].(int64); due >= 0 {
