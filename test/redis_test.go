@@ -1,47 +1,24 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/taskqueue/taskqueue/test/redisserver"
 )
 
-// redisURL returns the shared test Redis or skips; see the adapter tests.
-func redisURL(t *testing.T) string {
-	u := os.Getenv("TASKQUEUE_TEST_REDIS_URL")
-	if u == "" {
-		if os.Getenv("TASKQUEUE_TEST_REDIS_REQUIRED") == "1" {
-			t.Fatal("TASKQUEUE_TEST_REDIS_URL is not set but Redis tests are required")
-		}
-		t.Skip("set TASKQUEUE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run the multi-instance tests")
-	}
-	return u
-}
+func redisURL(t *testing.T) string { return redisserver.URL(t) }
 
 // redisArgs returns the flags for an instance on a fresh queue of url,
 // whose keys are deleted when t ends.
 func redisArgs(t *testing.T, url string) []string {
 	prefix := fmt.Sprintf("bb-%s-%08x", t.Name(), rand.Uint32())
-	t.Cleanup(func() {
-		opts, _ := goredis.ParseURL(url)
-		c := goredis.NewClient(opts)
-		defer c.Close()
-		ctx := context.Background()
-		iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-	})
+	redisserver.DeleteAfter(t, url, prefix)
 	return []string{"--broker", "redis", "--redis-url", url, "--redis-prefix", prefix}
 }
 

@@ -16,55 +16,55 @@ import (
 
 // renewLoop extends the leases of the attempts this instance runs, three
 // times per lease period, in one script call.
-func (b *Broker) renewLoop() {
+func (b *Broker) renewLoop() { b.every(b.opts.Lease/3, b.renew) }
+
+func (b *Broker) renew() {
+	b.mu.Lock()
+	args := make([]any, 0, 1+len(b.held))
+	args = append(args, ms(b.opts.Now().Add(b.opts.Lease)))
+	for _, h := range b.held {
+		args = append(args, h.member)
+	}
+	b.mu.Unlock()
+	if len(args) == 1 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
+	defer cancel()
+	lost, err := renewScript.Run(ctx, b.rdb, []string{b.keys.running}, args...).StringSlice()
+	if err != nil {
+		b.log.WithError(err).Warn("cannot renew leases; if Redis stays away they expire and other instances take over")
+		return
+	}
+	for _, m := range lost {
+		id, _ := memberID(m)
+		b.log.WithField("task_id", id).Warn("lease lost: another instance recovered this task; this attempt's result will be discarded")
+	}
+}
+
+// every calls fn every interval until Close; it is the body of each
+// background loop.
+func (b *Broker) every(interval time.Duration, fn func()) {
 	defer b.loops.Done()
-	t := time.NewTicker(b.opts.Lease / 3)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-b.stop:
 			return
 		case <-t.C:
-		}
-		b.mu.Lock()
-		args := make([]any, 0, 1+len(b.held))
-		args = append(args, ms(b.opts.Now().Add(b.opts.Lease)))
-		for _, h := range b.held {
-			args = append(args, h.member)
-		}
-		b.mu.Unlock()
-		if len(args) == 1 {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
-		lost, err := renewScript.Run(ctx, b.rdb, []string{b.keys.running}, args...).StringSlice()
-		cancel()
-		if err != nil {
-			b.log.WithError(err).Warn("cannot renew leases; if Redis stays away they expire and other instances take over")
-			continue
-		}
-		for _, m := range lost {
-			id, _ := memberID(m)
-			b.log.WithField("task_id", id).Warn("lease lost: another instance recovered this task; this attempt's result will be discarded")
+			fn()
 		}
 	}
 }
 
 // maintainLoop promotes due retries and recovers tasks whose lease ran out.
 func (b *Broker) maintainLoop() {
-	defer b.loops.Done()
-	t := time.NewTicker(b.opts.MaintainInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.stop:
-			return
-		case <-t.C:
-		}
+	b.every(b.opts.MaintainInterval, func() {
 		if err := b.maintain(); err != nil && b.ctx.Err() == nil {
 			b.log.WithError(err).Debug("maintenance skipped")
 		}
-	}
+	})
 }
 
 func (b *Broker) maintain() error {
@@ -134,21 +134,13 @@ func (b *Broker) recover(ctx context.Context, member string, now time.Time) erro
 // retrying task missing from its set. It puts each back, so nothing stays
 // stuck.
 func (b *Broker) sweepLoop() {
-	defer b.loops.Done()
-	t := time.NewTicker(b.opts.SweepInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.stop:
-			return
-		case <-t.C:
-		}
+	b.every(b.opts.SweepInterval, func() {
 		if n, err := b.sweep(); err != nil && b.ctx.Err() == nil {
 			b.log.WithError(err).Debug("sweep for stuck tasks stopped early")
 		} else if n > 0 {
 			b.log.WithField("count", n).Warn("found tasks that no queue set held; put them back")
 		}
-	}
+	})
 }
 
 func (b *Broker) sweep() (repaired int, err error) {

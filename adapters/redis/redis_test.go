@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -21,19 +20,7 @@ import (
 	"github.com/taskqueue/taskqueue/test/redisserver"
 )
 
-// redisURL returns the test Redis, or skips: set TASKQUEUE_TEST_REDIS_URL
-// (e.g. redis://127.0.0.1:6379/0) to run these tests. With
-// TASKQUEUE_TEST_REDIS_REQUIRED=1 (as CI sets) a missing URL fails instead.
-func redisURL(t testing.TB) string {
-	u := os.Getenv("TASKQUEUE_TEST_REDIS_URL")
-	if u == "" {
-		if os.Getenv("TASKQUEUE_TEST_REDIS_REQUIRED") == "1" {
-			t.Fatal("TASKQUEUE_TEST_REDIS_URL is not set but Redis tests are required")
-		}
-		t.Skip("set TASKQUEUE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run the Redis broker tests")
-	}
-	return u
-}
+func redisURL(t testing.TB) string { return redisserver.URL(t) }
 
 func quietLog() logrus.FieldLogger {
 	l := logrus.New()
@@ -44,17 +31,7 @@ func quietLog() logrus.FieldLogger {
 // newPrefix returns a fresh queue name whose keys are deleted after t.
 func newPrefix(t testing.TB) string {
 	prefix := fmt.Sprintf("tqtest-%s-%08x", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
-	url := redisURL(t)
-	t.Cleanup(func() {
-		opts, _ := goredis.ParseURL(url)
-		c := goredis.NewClient(opts)
-		defer c.Close()
-		ctx := context.Background()
-		iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-	})
+	redisserver.DeleteAfter(t, redisURL(t), prefix)
 	return prefix
 }
 

@@ -77,3 +77,36 @@ func (s *Server) Kill() {
 		s.cmd = nil
 	}
 }
+
+// URL returns the shared test Redis from TASKQUEUE_TEST_REDIS_URL, or skips
+// the test saying how to run it. With TASKQUEUE_TEST_REDIS_REQUIRED=1 (as
+// CI sets) a missing URL fails the test instead.
+func URL(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv("TASKQUEUE_TEST_REDIS_URL")
+	if u == "" {
+		if os.Getenv("TASKQUEUE_TEST_REDIS_REQUIRED") == "1" {
+			t.Fatal("TASKQUEUE_TEST_REDIS_URL is not set but Redis tests are required")
+		}
+		t.Skip("set TASKQUEUE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/0, or run scripts/ensure-redis.sh) to run the Redis tests")
+	}
+	return u
+}
+
+// DeleteAfter deletes every key of the queue named prefix on url when t
+// ends, so tests sharing one Redis leave nothing behind.
+func DeleteAfter(t testing.TB, url, prefix string) {
+	t.Cleanup(func() {
+		opts, err := goredis.ParseURL(url)
+		if err != nil {
+			return
+		}
+		c := goredis.NewClient(opts)
+		defer c.Close()
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+}
