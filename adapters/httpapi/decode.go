@@ -94,7 +94,7 @@ func decodeSubmission(body []byte) (ports.Submission, error) {
 	default:
 		_ = json.Unmarshal(req.Type, &sub.Type) // valid JSON string: cannot fail
 	}
-	if req.Payload != nil && !isNull(req.Payload) {
+	if req.Payload != nil && string(req.Payload) != "null" {
 		if req.Payload[0] != '{' {
 			return sub, badRequest("payload: must be a JSON object")
 		}
@@ -123,8 +123,6 @@ func decodeInt(raw json.RawMessage, name string, max int, dst *int) error {
 	*dst = n
 	return nil
 }
-
-func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
 
 // checkKeys returns a 400 naming the unknown or repeated top-level keys of
 // body, which must already be known to be one valid JSON object.

@@ -157,16 +157,25 @@ promote(KEYS[1], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 100)
 `)
 
+// findRunning is shared by the get and repair scripts: it returns the
+// running member of task id, or nil. It scans the running set, which holds
+// one member per attempt under way.
+const findRunning = `
+local function find_running(running, id)
+  local prefix = id .. '|'
+  for _, m in ipairs(redis.call('ZRANGE', running, 0, -1)) do
+    if string.sub(m, 1, #prefix) == prefix then return m end
+  end
+  return nil
+end
+`
+
 // getScript returns a task's record and its running member, if any.
 // KEYS: running, task. ARGV: id.
-var getScript = goredis.NewScript(`
+var getScript = goredis.NewScript(findRunning + `
 local raw = redis.call('GET', KEYS[2])
 if not raw then return false end
-local prefix = ARGV[1] .. '|'
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if string.sub(m, 1, #prefix) == prefix then return {raw, m} end
-end
-return {raw, ''}
+return {raw, find_running(KEYS[1], ARGV[1]) or ''}
 `)
 
 // repairScript puts a task that no set holds back where its record says it
@@ -174,13 +183,9 @@ return {raw, ''}
 // manual edit) gets an expired lease, so recovery fails that attempt.
 // KEYS: ready, running, delayed, seq, wake, task. ARGV: id, now_ns.
 // Returns 1 when it repaired something.
-var repairScript = goredis.NewScript(`
+var repairScript = goredis.NewScript(findRunning + `
 local raw = redis.call('GET', KEYS[6])
-if not raw then return 0 end
-local prefix = ARGV[1] .. '|'
-for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if string.sub(m, 1, #prefix) == prefix then return 0 end
-end
+if not raw or find_running(KEYS[2], ARGV[1]) then return 0 end
 local r = cjson.decode(raw)
 if r.s == 'pending' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   local s = redis.call('INCR', KEYS[4])
@@ -191,7 +196,7 @@ elseif r.s == 'retrying' and not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
   redis.call('ZADD', KEYS[3], string.format('%.0f', math.floor(tonumber(r.n or '0') / 1000000)), ARGV[1])
   return 1
 elseif r.s == 'running' then
-  redis.call('ZADD', KEYS[2], 0, prefix .. 'repaired:0:' .. (r.st or ARGV[2]))
+  redis.call('ZADD', KEYS[2], 0, ARGV[1] .. '|repaired:0:' .. (r.st or ARGV[2]))
   return 1
 end
 return 0

@@ -204,13 +204,8 @@ func (o *ours) run(c int, fn func(*domain.Task)) func() {
 }
 
 func (o *ours) drain(n, c int) error {
-	var count atomic.Int64
-	finished := make(chan struct{})
-	stop := o.run(c, func(*domain.Task) {
-		if count.Add(1) == int64(n) {
-			close(finished)
-		}
-	})
+	ran, finished := countTo(n)
+	stop := o.run(c, func(*domain.Task) { ran() })
 	<-finished
 	stop()
 	return nil
@@ -290,13 +285,8 @@ func (a *asynqSystem) run(c int, fn func(*asynq.Task)) func() {
 }
 
 func (a *asynqSystem) drain(n, c int) error {
-	var count atomic.Int64
-	finished := make(chan struct{})
-	stop := a.run(c, func(*asynq.Task) {
-		if count.Add(1) == int64(n) {
-			close(finished)
-		}
-	})
+	ran, finished := countTo(n)
+	stop := a.run(c, func(*asynq.Task) { ran() })
 	<-finished
 	stop()
 	return nil
@@ -337,6 +327,18 @@ func (a *asynqSystem) cleanup() {
 }
 
 // ---- helpers ----
+
+// countTo returns a function for handlers to call once per task and a
+// channel closed when it has been called n times.
+func countTo(n int) (ran func(), finished <-chan struct{}) {
+	var count atomic.Int64
+	done := make(chan struct{})
+	return func() {
+		if count.Add(1) == int64(n) {
+			close(done)
+		}
+	}, done
+}
 
 func parallel(n, p int, fn func(i int) error) error {
 	var wg sync.WaitGroup
