@@ -176,7 +176,7 @@ func TestProcessHandsBackWhenStopped(t *testing.T) {
 	if err := s.proc.ProcessNext(context.Background(), workCtx); err != nil {
 		t.Fatal(err)
 	}
-	if got.Status() != domain.StatusPending || got.Attempts() != 0 || got.LastError() != application.ReleasedMessage {
+	if got.Status() != domain.StatusPending || got.Attempts() != 1 || got.RetriesLeft() != 0 || got.LastError() != application.ReleasedMessage {
 		t.Fatalf("after hand-back: %+v", got.Snapshot())
 	}
 }

@@ -93,6 +93,8 @@ func TestValidateType(t *testing.T) {
 		{"space", "a b", "only letters"},
 		{"slash", "a/b", "only letters"},
 		{"non-ascii letter", "tâche", "only letters"},
+		{"names the character, not a byte", "tâsk", "found 'â' at position 2"},
+		{"long with a bad character late", strings.Repeat("a", 50) + "/", "found '/' at position 51"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -282,8 +284,37 @@ func TestTaskRelease(t *testing.T) {
 	if err := task.Release(t0, "handed back at shutdown"); err != nil {
 		t.Fatal(err)
 	}
-	if task.Status() != domain.StatusPending || task.Attempts() != 0 || task.LastError() != "handed back at shutdown" {
+	if task.Status() != domain.StatusPending || task.Attempts() != 1 || task.RetriesLeft() != 0 || task.LastError() != "handed back at shutdown" {
 		t.Fatalf("after Release: %+v", task.Snapshot())
+	}
+}
+
+// A hand-back keeps the attempt's number (attempts never go down, so the
+// rerun gets a new number) and leaves the retry budget alone.
+func TestHandBackNumbersEveryAttemptAndKeepsTheRetryBudget(t *testing.T) {
+	t.Parallel()
+	policy := mustPolicy(t, time.Second, time.Minute)
+	task := newTask(t, 1)
+	if task.RetriesLeft() != 1 {
+		t.Fatalf("new task has %d retries left; want 1", task.RetriesLeft())
+	}
+	_ = task.Start(t0)
+	_ = task.Release(t0, "handed back")
+	_ = task.Start(t0)
+	if task.Attempts() != 2 {
+		t.Fatalf("rerun after a hand-back is attempt %d; want 2", task.Attempts())
+	}
+	_ = task.Fail(t0, "boom", policy, 0.5)
+	if task.Status() != domain.StatusRetrying || task.RetriesLeft() != 0 || task.NextAttemptAt() != t0.Add(time.Second) {
+		t.Fatalf("first failure after a hand-back: %+v; want a retry after the initial backoff", task.Snapshot())
+	}
+	_ = task.Requeue(t0)
+	_ = task.Start(t0)
+	_ = task.Release(t0, "handed back")
+	_ = task.Start(t0)
+	_ = task.Fail(t0, "boom", policy, 0.5)
+	if task.Status() != domain.StatusFailed || task.Attempts() != 4 || task.RetriesLeft() != 0 {
+		t.Fatalf("after two hand-backs and two failures: %+v; want failed at attempt 4", task.Snapshot())
 	}
 }
 
@@ -363,10 +394,11 @@ func TestRehydrateTask(t *testing.T) {
 		t.Fatalf("round trip lost state: %+v", back.Snapshot())
 	}
 	for name, mutate := range map[string]func(*domain.TaskSnapshot){
-		"priority": func(s *domain.TaskSnapshot) { s.Priority = 10 },
-		"status":   func(s *domain.TaskSnapshot) { s.Status = 0 },
-		"attempts": func(s *domain.TaskSnapshot) { s.Attempts = -1 },
-		"type":     func(s *domain.TaskSnapshot) { s.Type = "" },
+		"priority":     func(s *domain.TaskSnapshot) { s.Priority = 10 },
+		"status":       func(s *domain.TaskSnapshot) { s.Status = 0 },
+		"attempts":     func(s *domain.TaskSnapshot) { s.Attempts = -1 },
+		"retries_used": func(s *domain.TaskSnapshot) { s.RetriesUsed = 3 },
+		"type":         func(s *domain.TaskSnapshot) { s.Type = "" },
 	} {
 		s := snap
 		mutate(&s)

@@ -20,6 +20,10 @@ var (
 	// ErrQueueFull is returned when the queue already holds as many pending
 	// tasks as it may.
 	ErrQueueFull = errors.New("queue is full")
+	// ErrStorageFull is returned when the broker has no room left for the
+	// task's bytes (a memory limit, or a store refusing writes for lack of
+	// memory); the task is not stored.
+	ErrStorageFull = errors.New("broker storage is full")
 	// ErrShuttingDown is returned for new work once shutdown has begun.
 	ErrShuttingDown = errors.New("service is shutting down")
 	// ErrUnavailable marks a broker that cannot be reached right now; the

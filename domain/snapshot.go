@@ -16,6 +16,7 @@ type TaskSnapshot struct {
 	MaxRetries    int
 	Status        Status
 	Attempts      int
+	RetriesUsed   int
 	LastError     string
 	CreatedAt     time.Time
 	UpdatedAt     time.Time
@@ -34,6 +35,7 @@ func (t *Task) Snapshot() TaskSnapshot {
 		MaxRetries:    t.maxRetries,
 		Status:        t.status,
 		Attempts:      t.attempts,
+		RetriesUsed:   t.retriesUsed,
 		LastError:     t.lastError,
 		CreatedAt:     t.createdAt,
 		UpdatedAt:     t.updatedAt,
@@ -61,8 +63,12 @@ func RehydrateTask(s TaskSnapshot) (*Task, error) {
 	if s.Attempts < 0 {
 		return nil, invalid("attempts", "must not be negative, got %d", s.Attempts)
 	}
+	if s.RetriesUsed < 0 || s.RetriesUsed > s.MaxRetries {
+		return nil, invalid("retries_used", "must be from 0 to max_retries %d, got %d", s.MaxRetries, s.RetriesUsed)
+	}
 	t.status = s.Status
 	t.attempts = s.Attempts
+	t.retriesUsed = s.RetriesUsed
 	t.lastError = s.LastError
 	t.createdAt = s.CreatedAt.UTC()
 	t.updatedAt = s.UpdatedAt.UTC()

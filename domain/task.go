@@ -26,6 +26,7 @@ type Task struct {
 	maxRetries    int
 	status        Status
 	attempts      int
+	retriesUsed   int
 	lastError     string
 	createdAt     time.Time
 	updatedAt     time.Time
@@ -63,19 +64,22 @@ func NewTask(id uuid.UUID, taskType string, payload []byte, priority Priority, m
 
 // ValidateType returns a *ValidationError for field "type" unless t is 1 to
 // MaxTypeLength characters of ASCII letters, digits, '_', '-', '.' or ':'.
+// The error names the first character that is not allowed and its
+// position, counting characters (not bytes) from 1.
 func ValidateType(t string) error {
 	if t == "" {
 		return invalid("type", "is required")
 	}
-	if len(t) > MaxTypeLength {
-		return invalid("type", "must be at most %d characters, got %d", MaxTypeLength, len(t))
-	}
-	for i := 0; i < len(t); i++ {
-		c := t[i]
+	n := 0
+	for _, c := range t {
+		n++
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
 			c == '_' || c == '-' || c == '.' || c == ':'
 		if !ok {
-			return invalid("type", "may contain only letters, digits and _ - . : (found %q at position %d)", rune(c), i)
+			return invalid("type", "may contain only letters, digits and _ - . : (found %q at position %d)", c, n)
+		}
+		if n > MaxTypeLength {
+			return invalid("type", "must be at most %d characters", MaxTypeLength)
 		}
 	}
 	return nil
@@ -99,9 +103,15 @@ func (t *Task) MaxRetries() int { return t.maxRetries }
 // Status returns where the task is in its lifecycle.
 func (t *Task) Status() Status { return t.status }
 
-// Attempts returns how many attempts have started (an attempt handed back
-// by a stopping instance is not counted).
+// Attempts returns how many attempts have started. It never goes down:
+// an attempt handed back unfinished still counts, so every attempt has a
+// number of its own and a handler can tell a rerun.
 func (t *Task) Attempts() int { return t.attempts }
+
+// RetriesLeft returns how many more failed attempts will be retried. It is
+// the retry budget, separate from the attempt count: an attempt handed
+// back unfinished does not use it up.
+func (t *Task) RetriesLeft() int { return t.maxRetries - t.retriesUsed }
 
 // LastError returns the message of the most recent failure, or "".
 func (t *Task) LastError() string { return t.lastError }
@@ -152,10 +162,11 @@ func (t *Task) Succeed(now time.Time) error {
 }
 
 // Fail ends a running task's attempt in failure with the given cause. If
-// the task has retries left it becomes retrying until now plus the
-// policy's delay for this attempt (random in [0, 1) picks the jitter);
-// otherwise it becomes failed. It returns a *TransitionError unless the
-// task is running.
+// the task has retries left it uses one and becomes retrying until now
+// plus the policy's delay for that retry (the first retry waits the
+// initial backoff; random in [0, 1) picks the jitter); otherwise it
+// becomes failed. It returns a *TransitionError unless the task is
+// running.
 func (t *Task) Fail(now time.Time, cause string, policy RetryPolicy, random float64) error {
 	if t.status != StatusRunning {
 		return &TransitionError{Action: "fail", From: t.status}
@@ -163,9 +174,10 @@ func (t *Task) Fail(now time.Time, cause string, policy RetryPolicy, random floa
 	now = now.UTC()
 	t.lastError = cause
 	t.updatedAt = now
-	if t.attempts <= t.maxRetries {
+	if t.retriesUsed < t.maxRetries {
+		t.retriesUsed++
 		t.status = StatusRetrying
-		t.nextAttemptAt = now.Add(policy.NextDelay(t.attempts, random))
+		t.nextAttemptAt = now.Add(policy.NextDelay(t.retriesUsed, random))
 		return nil
 	}
 	t.status = StatusFailed
@@ -189,15 +201,14 @@ func (t *Task) Requeue(now time.Time) error {
 }
 
 // Release hands a running task back unfinished (its instance is stopping):
-// it becomes pending again and the attempt does not count against its
-// retries. reason is recorded as the last error. It returns a
-// *TransitionError unless the task is running.
+// it becomes pending again. The attempt keeps its number (Attempts does
+// not go down) but does not use up a retry. reason is recorded as the
+// last error. It returns a *TransitionError unless the task is running.
 func (t *Task) Release(now time.Time, reason string) error {
 	if t.status != StatusRunning {
 		return &TransitionError{Action: "release", From: t.status}
 	}
 	t.status = StatusPending
-	t.attempts--
 	t.lastError = reason
 	t.updatedAt = now.UTC()
 	return nil

@@ -206,7 +206,7 @@ func TestGetTask(t *testing.T) {
 	}
 	want := map[string]any{
 		"id": id.String(), "type": "example_task", "payload": map[string]any{"key": "value"},
-		"priority": 2.0, "max_retries": 3.0, "status": "retrying", "attempts": 1.0,
+		"priority": 2.0, "max_retries": 3.0, "status": "retrying", "attempts": 1.0, "retries_left": 2.0,
 		"last_error": "webhook returned 500", "created_at": "2026-03-04T05:06:07Z",
 		"updated_at": "2026-03-04T05:06:09Z", "started_at": "2026-03-04T05:06:08Z",
 		"next_attempt_at": "2026-03-04T05:06:10Z",

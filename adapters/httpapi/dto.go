@@ -21,6 +21,7 @@ type taskResponse struct {
 	MaxRetries    int             `json:"max_retries"`
 	Status        string          `json:"status"`
 	Attempts      int             `json:"attempts"`
+	RetriesLeft   int             `json:"retries_left"`
 	LastError     string          `json:"last_error"`
 	CreatedAt     string          `json:"created_at"`
 	UpdatedAt     string          `json:"updated_at"`
@@ -46,6 +47,7 @@ func toTaskResponse(t *domain.Task) taskResponse {
 		MaxRetries:    t.MaxRetries(),
 		Status:        t.Status().String(),
 		Attempts:      t.Attempts(),
+		RetriesLeft:   t.RetriesLeft(),
 		LastError:     t.LastError(),
 		CreatedAt:     formatTime(t.CreatedAt()),
 		UpdatedAt:     formatTime(t.UpdatedAt()),

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -96,5 +97,113 @@ func BenchmarkFormatters(b *testing.B) {
 				l.WithFields(logrus.Fields{"task_id": id, "type": "noop", "priority": 2, "attempt": 1, "duration_ms": int64(0)}).Info("task attempt succeeded")
 			}
 		})
+	}
+}
+
+type panicky struct{}
+
+func (*panicky) String() string               { panic("boom") }
+func (*panicky) MarshalJSON() ([]byte, error) { panic("boom") }
+
+type nilErr struct{ msg string }
+
+func (e *nilErr) Error() string { return e.msg }
+
+// clashEntry has fields that clash with the entry's own keys, values whose
+// methods panic on a typed nil, and the kinds logrus renders specially.
+func clashEntry() *logrus.Entry {
+	l := logrus.New()
+	fields := logrus.Fields{
+		"msg":          "a field called msg",
+		"level":        7,
+		"time":         "a field called time",
+		"logrus_error": "x",
+		"fields.level": "loses to the renamed level, as in logrus",
+		"nil_stringer": (*url.URL)(nil),
+		"nil_error":    error((*nilErr)(nil)),
+		"at":           time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC),
+		"took":         1500 * time.Millisecond,
+		"ratio":        0.25,
+		"addr":         "127.0.0.1:8080",
+		"list":         []int{1, 2},
+		"struct":       struct{ A int }{A: 3},
+		"task_id":      uuid.MustParse("01890a5d-ac96-774b-bcce-b302099a8057"),
+	}
+	e := logrus.NewEntry(l).WithFields(fields)
+	e.Time = time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	e.Level = logrus.InfoLevel
+	e.Message = "the real message"
+	return e
+}
+
+func TestJSONFormatterKeepsLogrusContract(t *testing.T) {
+	ours, err := (&Formatter{JSON: true}).Format(clashEntry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// logrus's own JSONFormatter panics on a typed nil error; compare the
+	// rest with it.
+	forLogrus := clashEntry()
+	delete(forLogrus.Data, "nil_error")
+	theirs, err := (&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano}).Format(forLogrus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No duplicate keys: a decoder that keeps the last one would otherwise
+	// lose the message.
+	dec := json.NewDecoder(bytes.NewReader(ours))
+	seen := map[string]bool{}
+	_, _ = dec.Token()
+	for dec.More() {
+		k, _ := dec.Token()
+		if seen[k.(string)] {
+			t.Fatalf("duplicate key %q in %s", k, ours)
+		}
+		seen[k.(string)] = true
+		var skip json.RawMessage
+		_ = dec.Decode(&skip)
+	}
+	var got, want map[string]any
+	if err := json.Unmarshal(ours, &got); err != nil {
+		t.Fatalf("%s: %v", ours, err)
+	}
+	_ = json.Unmarshal(theirs, &want)
+	for k, v := range want {
+		if g, w := mustJSON(got[k]), mustJSON(v); g != w {
+			t.Errorf("%s = %s; logrus writes %s", k, g, w)
+		}
+	}
+	if got["msg"] != "the real message" || got["fields.msg"] != "a field called msg" || got["level"] != "info" || got["fields.level"] != 7.0 {
+		t.Fatalf("clashing fields: %s", ours)
+	}
+	if got["took"] != 1.5e9 || got["at"] != "2026-05-06T07:08:09.00000001Z" {
+		t.Fatalf("time.Duration and time.Time must render as encoding/json does: %s", ours)
+	}
+	if got["nil_error"] != "<nil>" || got["nil_stringer"] != nil {
+		t.Fatalf("typed nils: %s", ours)
+	}
+}
+
+func TestTextFormatterMatchesLogrus(t *testing.T) {
+	ours, err := (&Formatter{}).Format(clashEntry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := (&logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: time.RFC3339Nano}).Format(clashEntry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(ours) != string(theirs) {
+		t.Fatalf("ours:   %s\nlogrus: %s", ours, theirs)
+	}
+}
+
+func TestFormatterNeverPanics(t *testing.T) {
+	e := clashEntry().WithField("marshal_panics", &panicky{}).WithField("typed_nil_panicky", (*panicky)(nil))
+	for _, f := range []*Formatter{{}, {JSON: true}} {
+		out, err := f.Format(e)
+		if err != nil || !bytes.Contains(out, []byte("PANIC=")) {
+			t.Fatalf("json=%v: %v %s", f.JSON, err, out)
+		}
 	}
 }

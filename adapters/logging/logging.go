@@ -14,14 +14,19 @@ const (
 	FormatJSON = "json"
 )
 
+// levels are the accepted --log-level values, exactly as documented.
+var levels = map[string]logrus.Level{
+	"debug": logrus.DebugLevel, "info": logrus.InfoLevel, "warn": logrus.WarnLevel, "error": logrus.ErrorLevel,
+}
+
 // New returns a logger writing to out at the named level ("debug",
 // "info", "warn", "error") in the named format (FormatText or FormatJSON,
 // where every line is one JSON object). It returns an error naming the
 // bad value otherwise.
 func New(out io.Writer, level, format string) (*logrus.Logger, error) {
-	lvl, err := logrus.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("log-level: %q is not one of panic, fatal, error, warn, info, debug, trace", level)
+	lvl, ok := levels[level]
+	if !ok {
+		return nil, fmt.Errorf("log-level: must be debug, info, warn or error, got %q", level)
 	}
 	log := logrus.New()
 	log.SetOutput(out)

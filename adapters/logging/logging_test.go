@@ -47,3 +47,19 @@ func TestTextAndBadSettings(t *testing.T) {
 		t.Fatalf("bad format: %v", err)
 	}
 }
+
+// Only the documented levels are taken: logrus would also accept trace,
+// panic (which silences every line, start-up included), fatal and
+// warning.
+func TestOnlyDocumentedLevels(t *testing.T) {
+	for _, ok := range []string{"debug", "info", "warn", "error"} {
+		if _, err := logging.New(&bytes.Buffer{}, ok, "text"); err != nil {
+			t.Errorf("%s refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"trace", "panic", "fatal", "warning", "INFO", ""} {
+		if _, err := logging.New(&bytes.Buffer{}, bad, "text"); err == nil || !strings.Contains(err.Error(), "debug, info, warn or error") {
+			t.Errorf("%q: %v; want it refused naming the levels", bad, err)
+		}
+	}
+}

@@ -22,6 +22,7 @@ type record struct {
 	MaxRetries int    `json:"mr"`
 	Status     string `json:"s"`
 	Attempts   int    `json:"a"`
+	Retries    int    `json:"r,omitempty"` // retries used
 	LastError  string `json:"e,omitempty"`
 	Created    string `json:"c"`
 	Updated    string `json:"u"`
@@ -39,6 +40,7 @@ func encodeRecord(t *domain.Task) (string, error) {
 		MaxRetries: s.MaxRetries,
 		Status:     s.Status.String(),
 		Attempts:   s.Attempts,
+		Retries:    s.RetriesUsed,
 		LastError:  s.LastError,
 		Created:    nanos(s.CreatedAt),
 		Updated:    nanos(s.UpdatedAt),
@@ -71,6 +73,7 @@ func decodeRecord(id uuid.UUID, raw string) (*domain.Task, error) {
 		MaxRetries:    r.MaxRetries,
 		Status:        status,
 		Attempts:      r.Attempts,
+		RetriesUsed:   r.Retries,
 		LastError:     r.LastError,
 		CreatedAt:     fromNanos(r.Created),
 		UpdatedAt:     fromNanos(r.Updated),
