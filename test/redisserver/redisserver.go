@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ type Server struct {
 	t    testing.TB
 	port int
 	dir  string
+	args []string
 	cmd  *exec.Cmd
 	// URL is redis://127.0.0.1:port/0.
 	URL string
@@ -28,7 +30,11 @@ type Server struct {
 // Start runs redis-server with an append-only file in a temporary
 // directory (so a restart keeps the data), or skips the test when
 // redis-server is not installed, unless TASKQUEUE_TEST_REDIS_REQUIRED=1.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return StartWith(t) }
+
+// StartWith is Start with extra redis-server arguments (such as
+// "--maxmemory", "8mb").
+func StartWith(t testing.TB, args ...string) *Server {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("TASKQUEUE_TEST_REDIS_REQUIRED") == "1" {
@@ -42,7 +48,7 @@ func Start(t testing.TB) *Server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	s := &Server{t: t, port: port, dir: t.TempDir(), URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port)}
+	s := &Server{t: t, port: port, dir: t.TempDir(), args: args, URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port)}
 	s.Restart()
 	t.Cleanup(s.Kill)
 	return s
@@ -52,8 +58,8 @@ func Start(t testing.TB) *Server {
 // and waits until it answers.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "")
+	s.cmd = exec.Command("redis-server", append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", ""}, s.args...)...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
@@ -66,6 +72,39 @@ func (s *Server) Restart() {
 			s.t.Fatal("redis-server did not start")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Fill makes the server refuse writes for lack of memory, as a Redis at
+// maxmemory with the noeviction policy does: it writes 4 MB of filler,
+// then sets maxmemory to half the memory in use.
+func (s *Server) Fill(t testing.TB) {
+	t.Helper()
+	opts, _ := goredis.ParseURL(s.URL)
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	ctx := context.Background()
+	for i := 0; i < 64; i++ {
+		if err := c.Set(ctx, fmt.Sprintf("filler:%d", i), make([]byte, 64<<10), 0).Err(); err != nil {
+			t.Fatalf("fill Redis: %v", err)
+		}
+	}
+	info, err := c.InfoMap(ctx, "memory").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, err := strconv.Atoi(info["Memory"]["used_memory"])
+	if err != nil {
+		t.Fatalf("used_memory: %v", err)
+	}
+	if err := c.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ConfigSet(ctx, "maxmemory", strconv.Itoa(used/2)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, "filler:check", "x", 0).Err(); err == nil || !strings.HasPrefix(err.Error(), "OOM") {
+		t.Fatalf("Redis still takes writes after filling: %v", err)
 	}
 }
 
