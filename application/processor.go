@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -18,14 +19,24 @@ import (
 // was handed back because its instance stopped before it finished.
 const ReleasedMessage = "attempt handed back unfinished: the instance stopped before it ended"
 
-// settleTimeout bounds how long recording an outcome may take; it runs on
-// a context that shutdown does not cancel, so a hand-back still arrives.
-const settleTimeout = 10 * time.Second
+// DefaultHandlerGrace is how long a handler may run on after its context
+// ended before the processor stops waiting for it.
+const DefaultHandlerGrace = time.Second
 
 // ProcessorConfig holds what the processor needs besides its ports.
 type ProcessorConfig struct {
 	Policy      domain.RetryPolicy
 	TaskTimeout time.Duration
+	// HandlerGrace is how long a handler may run past the end of its
+	// attempt's context (timeout or shutdown) before the attempt is
+	// recorded without it (timed out, or handed back at shutdown) and its
+	// goroutine is abandoned. Defaults to DefaultHandlerGrace.
+	HandlerGrace time.Duration
+	// MaxAbandoned bounds the abandoned handler goroutines that may be
+	// left running at once. Past it, a worker whose handler does not
+	// return still records the attempt but then waits for the handler,
+	// so the goroutine count stays bounded. Defaults to 1.
+	MaxAbandoned int
 	// UnavailableBackoff is how long a worker waits after the broker could
 	// not be reached before it asks again. Defaults to one second.
 	UnavailableBackoff time.Duration
@@ -42,6 +53,12 @@ type Processor struct {
 	handlers map[string]ports.Handler
 	cfg      ProcessorConfig
 	log      logrus.FieldLogger
+
+	// settleCtx is what outcomes are recorded under: shutdown does not
+	// cancel it (a hand-back must still arrive) until Abort.
+	settleCtx context.Context
+	abort     context.CancelFunc
+	abandoned atomic.Int64
 }
 
 // NewProcessor returns a processor for the given handlers, keyed by type.
@@ -55,7 +72,14 @@ func NewProcessor(queue ports.TaskQueue, exec ports.Executor, handlers map[strin
 	if cfg.UnavailableBackoff <= 0 {
 		cfg.UnavailableBackoff = time.Second
 	}
-	return &Processor{queue: queue, exec: exec, handlers: handlers, cfg: cfg, log: log}
+	if cfg.HandlerGrace <= 0 {
+		cfg.HandlerGrace = DefaultHandlerGrace
+	}
+	if cfg.MaxAbandoned <= 0 {
+		cfg.MaxAbandoned = 1
+	}
+	settleCtx, abort := context.WithCancel(context.Background())
+	return &Processor{queue: queue, exec: exec, handlers: handlers, cfg: cfg, log: log, settleCtx: settleCtx, abort: abort}
 }
 
 // Run keeps every executor worker busy taking and running tasks until ctx
@@ -81,6 +105,16 @@ func (p *Processor) Run(ctx context.Context) error {
 	}
 }
 
+// Abort gives up on recording the outcomes still being recorded (the
+// broker may be retrying an unreachable store): the last step of a
+// shutdown whose time is up. Those attempts are left to the broker's
+// recovery. Calling it again does nothing.
+func (p *Processor) Abort() { p.abort() }
+
+// Abandoned returns how many abandoned handler goroutines are still
+// running: handlers that did not return when their context ended.
+func (p *Processor) Abandoned() int { return int(p.abandoned.Load()) }
+
 // ProcessNext waits on takeCtx for a task, runs one attempt of it under
 // workCtx and the task timeout, and records the outcome. It returns
 // takeCtx's error or domain.ErrShuttingDown when there will be no task; a
@@ -104,29 +138,37 @@ func (p *Processor) ProcessNext(takeCtx, workCtx context.Context) error {
 
 func (p *Processor) runAttempt(workCtx context.Context, task *domain.Task) {
 	attempt := task.Attempts()
+	log := p.log.WithFields(logrus.Fields{
+		"task_id":  task.ID(),
+		"type":     task.Type(),
+		"priority": task.Priority().Level(),
+		"attempt":  attempt,
+	})
+	log.Debug("attempt started")
 	start := p.cfg.Now()
 	attemptCtx, cancel := context.WithTimeout(workCtx, p.cfg.TaskTimeout)
-	err := p.call(attemptCtx, task)
+	// The handler gets a copy: if it never returns, it must not race with
+	// the outcome recorded here.
+	view := *task
+	done := make(chan error, 1)
+	go func() { done <- p.call(attemptCtx, &view) }()
+	err, returned := p.wait(attemptCtx, done)
 	timedOut := errors.Is(attemptCtx.Err(), context.DeadlineExceeded)
 	cancel()
 	end := p.cfg.Now()
+	log = log.WithField("duration_ms", end.Sub(start).Milliseconds())
 
-	log := p.log.WithFields(logrus.Fields{
-		"task_id":     task.ID(),
-		"type":        task.Type(),
-		"priority":    task.Priority().Level(),
-		"attempt":     attempt,
-		"duration_ms": end.Sub(start).Milliseconds(),
-	})
 	var panicErr *domain.PanicError
 	switch {
-	case err == nil:
+	case returned && err == nil:
 		err = task.Succeed(end)
 	case workCtx.Err() != nil:
-		log = log.WithField("error", err.Error())
+		if err != nil {
+			log = log.WithField("error", err.Error())
+		}
 		err = task.Release(end, ReleasedMessage)
-	case timedOut:
-		err = task.Fail(end, (&domain.TimeoutError{After: p.cfg.TaskTimeout}).Error(), p.cfg.Policy, p.cfg.Random())
+	case timedOut || !returned:
+		err = task.Fail(end, (&domain.TimeoutError{After: p.cfg.TaskTimeout, Abandoned: !returned}).Error(), p.cfg.Policy, p.cfg.Random())
 	default:
 		if errors.As(err, &panicErr) {
 			log = log.WithField("stack", string(panicErr.Stack))
@@ -137,18 +179,68 @@ func (p *Processor) runAttempt(workCtx context.Context, task *domain.Task) {
 		log.WithError(err).Error("cannot record attempt outcome")
 		return
 	}
+	var handlerReturned <-chan struct{}
+	var tooMany bool
+	if !returned {
+		handlerReturned, tooMany = p.abandon(log, done)
+	}
+	p.settle(log, attempt, task)
+	if tooMany {
+		// Too many handlers left behind: this worker waits for its own, so
+		// the number of stray goroutines stays bounded.
+		log.WithField("abandoned_handlers", p.abandoned.Load()).Error("too many handlers did not return; this worker waits for its handler before taking more work")
+		select {
+		case <-handlerReturned:
+		case <-p.settleCtx.Done():
+		}
+	}
+}
+
+// wait returns the handler's result, or returned=false when it has not
+// returned HandlerGrace after its context ended.
+func (p *Processor) wait(attemptCtx context.Context, done <-chan error) (err error, returned bool) {
+	select {
+	case err = <-done:
+		return err, true
+	case <-attemptCtx.Done():
+	}
+	grace := time.NewTimer(p.cfg.HandlerGrace)
+	defer grace.Stop()
+	select {
+	case err = <-done:
+		return err, true
+	case <-grace.C:
+		return nil, false
+	}
+}
+
+// abandon leaves a handler that did not return running on its own, counts
+// it, and logs when it finally returns. It returns a channel closed then,
+// and whether more handlers are abandoned than MaxAbandoned allows.
+func (p *Processor) abandon(log logrus.FieldLogger, done <-chan error) (returned <-chan struct{}, tooMany bool) {
+	n := p.abandoned.Add(1)
+	log.WithField("abandoned_handlers", n).Warn("handler did not return after its context ended; recorded the attempt without it and left its goroutine running (it cannot be killed)")
+	ch := make(chan struct{})
+	go func() {
+		<-done
+		left := p.abandoned.Add(-1)
+		close(ch)
+		log.WithField("abandoned_handlers", left).Info("an abandoned handler returned at last; its result was discarded")
+	}()
+	return ch, n > int64(p.cfg.MaxAbandoned)
+}
+
+// settle records the attempt's outcome and logs it.
+func (p *Processor) settle(log logrus.FieldLogger, attempt int, task *domain.Task) {
 	if task.LastError() != "" && task.Status() != domain.StatusSucceeded {
 		log = log.WithField("error", task.LastError())
 	}
-
-	settleCtx, cancelSettle := context.WithTimeout(context.WithoutCancel(workCtx), settleTimeout)
-	defer cancelSettle()
-	if err := p.queue.Settle(settleCtx, attempt, task); err != nil {
+	if err := p.queue.Settle(p.settleCtx, attempt, task); err != nil {
 		if errors.Is(err, domain.ErrStaleAttempt) {
 			log.WithError(err).Warn("attempt outcome discarded: another instance already took over the task")
 			return
 		}
-		log.WithError(err).Error("cannot record attempt outcome")
+		log.WithError(err).Error("cannot record attempt outcome; the broker recovers the task when its lease runs out")
 		return
 	}
 	switch task.Status() {

@@ -251,3 +251,148 @@ func TestRunReturnsExecutorShutdown(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// hungSUT is a processor whose handler ignores its context until released.
+type hungSUT struct {
+	proc    *application.Processor
+	queue   *mocks.MockTaskQueue
+	logs    *test.Hook
+	release chan struct{}
+}
+
+func newHungSUT(t *testing.T, maxAbandoned int) hungSUT {
+	ctrl := gomock.NewController(t)
+	queue := mocks.NewMockTaskQueue(ctrl)
+	log, hook := test.NewNullLogger()
+	policy, _ := domain.NewRetryPolicy(time.Second, time.Second)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	handler := ports.HandlerFunc(func(context.Context, *domain.Task) error {
+		<-release // ignores ctx
+		return nil
+	})
+	proc := application.NewProcessor(queue, nil, map[string]ports.Handler{"webhook": handler}, application.ProcessorConfig{
+		Policy: policy, TaskTimeout: 20 * time.Millisecond, HandlerGrace: 20 * time.Millisecond, MaxAbandoned: maxAbandoned,
+	}, log)
+	return hungSUT{proc: proc, queue: queue, logs: hook, release: release}
+}
+
+func (s hungSUT) expectTask(t *testing.T, maxRetries int) (*domain.Task, chan *domain.Task) {
+	task := runningTask(t, "webhook", maxRetries, 1)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	settled := make(chan *domain.Task, 1)
+	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(_ context.Context, _ int, st *domain.Task) error {
+		settled <- st
+		return nil
+	})
+	return task, settled
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A handler that ignores ctx no longer holds its worker and its task: at
+// the timeout plus the grace the attempt is recorded as timed out (and
+// retried under its policy), the worker is free, and a warning names the
+// task; the stray goroutine is counted until it returns.
+func TestHandlerIgnoringContextIsAbandonedAfterGrace(t *testing.T) {
+	s := newHungSUT(t, 4)
+	task, settled := s.expectTask(t, 1)
+	done := make(chan error, 1)
+	go func() { done <- s.proc.ProcessNext(context.Background(), context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker is still held by a handler that ignores its context")
+	}
+	got := <-settled
+	if got.Status() != domain.StatusRetrying || got.LastError() != "attempt timed out after 20ms; its handler did not return and was abandoned" {
+		t.Fatalf("recorded %+v; want a timed-out attempt that will retry", got.Snapshot())
+	}
+	var warned bool
+	for _, e := range s.logs.AllEntries() {
+		if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "did not return") && e.Data["task_id"] == task.ID() && e.Data["abandoned_handlers"] == int64(1) {
+			warned = true
+		}
+	}
+	if !warned || s.proc.Abandoned() != 1 {
+		t.Fatalf("abandoned handler not reported (count %d): %v", s.proc.Abandoned(), s.logs.AllEntries())
+	}
+	s.release <- struct{}{}
+	waitUntil(t, "the abandoned handler to be counted out", func() bool { return s.proc.Abandoned() == 0 })
+}
+
+func TestHandlerIgnoringShutdownIsHandedBack(t *testing.T) {
+	s := newHungSUT(t, 4)
+	_, settled := s.expectTask(t, 0)
+	workCtx, stop := context.WithCancel(context.Background())
+	stop() // the instance is stopping
+	if err := s.proc.ProcessNext(context.Background(), workCtx); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-settled; got.Status() != domain.StatusPending || got.LastError() != application.ReleasedMessage {
+		t.Fatalf("recorded %+v; want handed back", got.Snapshot())
+	}
+	s.release <- struct{}{}
+}
+
+// Past MaxAbandoned a worker still records the attempt, then waits for its
+// handler, so stray goroutines stay bounded.
+func TestAbandonedHandlersAreBounded(t *testing.T) {
+	s := newHungSUT(t, 1)
+	_, first := s.expectTask(t, 0)
+	if err := s.proc.ProcessNext(context.Background(), context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-first
+	_, second := s.expectTask(t, 0)
+	done := make(chan error, 1)
+	go func() { done <- s.proc.ProcessNext(context.Background(), context.Background()) }()
+	if got := <-second; got.Status() != domain.StatusFailed {
+		t.Fatalf("second hung attempt recorded as %v; want failed (timed out, no retries)", got.Status())
+	}
+	select {
+	case <-done:
+		t.Fatal("a worker was freed past the bound on abandoned handlers")
+	case <-time.After(50 * time.Millisecond):
+	}
+	s.release <- struct{}{}
+	s.release <- struct{}{}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker did not go on once its handler returned")
+	}
+}
+
+// Abort ends a settle that is still retrying (an unreachable broker), so a
+// shutdown whose time is up is not held by it.
+func TestAbortEndsPendingSettle(t *testing.T) {
+	s := newProcessorSUT(t)
+	task := runningTask(t, "webhook", 0, 1)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	s.handler.EXPECT().Handle(gomock.Any(), gomock.Any()).Return(nil)
+	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(ctx context.Context, _ int, _ *domain.Task) error {
+		<-ctx.Done()
+		return domain.ErrUnavailable
+	})
+	done := make(chan error, 1)
+	go func() { done <- s.proc.ProcessNext(context.Background(), context.Background()) }()
+	s.proc.Abort()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Abort did not end the settle")
+	}
+}

@@ -17,6 +17,9 @@ import (
 	"github.com/taskqueue/taskqueue/ports"
 )
 
+// enqueueTimeout bounds one enqueue, whatever the client does meanwhile.
+const enqueueTimeout = 10 * time.Second
+
 // Service implements ports.TaskService.
 type Service struct {
 	broker  ports.Broker
@@ -72,7 +75,12 @@ func (s *Service) Submit(ctx context.Context, sub ports.Submission) (*domain.Tas
 	if err != nil {
 		return nil, err
 	}
-	if err := s.broker.Enqueue(ctx, task); err != nil {
+	// A client that gives up while the broker answers must not leave the
+	// outcome unknown (stored but reported as failed): the enqueue runs to
+	// its end on its own deadline.
+	enqCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), enqueueTimeout)
+	defer cancel()
+	if err := s.broker.Enqueue(enqCtx, task); err != nil {
 		return nil, fmt.Errorf("enqueue task %s: %w", id, err)
 	}
 	s.log.WithFields(logrus.Fields{
@@ -93,5 +101,15 @@ func (s *Service) Get(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
 	return task, nil
 }
 
-// BeginShutdown makes every later Submit fail with domain.ErrShuttingDown.
+// Ready reports whether this instance can take and store tasks; see
+// ports.TaskService.Ready.
+func (s *Service) Ready(ctx context.Context) error {
+	if s.closing.Load() {
+		return domain.ErrShuttingDown
+	}
+	return s.broker.Ping(ctx)
+}
+
+// BeginShutdown makes every later Submit fail with domain.ErrShuttingDown
+// and Ready report it.
 func (s *Service) BeginShutdown() { s.closing.Store(true) }

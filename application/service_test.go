@@ -88,7 +88,7 @@ func TestSubmitRejectsBadInputWithoutEnqueueing(t *testing.T) {
 }
 
 func TestSubmitPassesBrokerErrorsWrapped(t *testing.T) {
-	for _, brokerErr := range []error{domain.ErrQueueFull, domain.ErrUnavailable} {
+	for _, brokerErr := range []error{domain.ErrQueueFull, domain.ErrStorageFull, domain.ErrUnavailable} {
 		sut := newServiceSUT(t)
 		sut.broker.EXPECT().Enqueue(gomock.Any(), gomock.Any()).Return(brokerErr)
 		_, err := sut.svc.Submit(context.Background(), ports.Submission{Type: "webhook"})
@@ -129,5 +129,44 @@ func TestGet(t *testing.T) {
 	sut.broker.EXPECT().Get(gomock.Any(), missing).Return(nil, domain.ErrTaskNotFound)
 	if _, err := sut.svc.Get(context.Background(), missing); !errors.Is(err, domain.ErrTaskNotFound) {
 		t.Fatalf("Get missing: %v", err)
+	}
+}
+
+// A client that gives up while the broker answers does not cut the
+// enqueue short: the task is stored (and logged) or not, never unknown.
+func TestSubmitOutlivesTheClient(t *testing.T) {
+	sut := newServiceSUT(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	sut.broker.EXPECT().Enqueue(gomock.Any(), gomock.Any()).DoAndReturn(func(ctx context.Context, _ *domain.Task) error {
+		cancel() // the client goes away while the broker works
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("enqueue runs without a deadline of its own")
+		}
+		return nil
+	})
+	if _, err := sut.svc.Submit(ctx, ports.Submission{Type: "webhook"}); err != nil {
+		t.Fatalf("Submit = %v; want the task stored", err)
+	}
+	if e := sut.logs.LastEntry(); e == nil || e.Message != "task submitted" {
+		t.Fatalf("stored task not logged: %v", e)
+	}
+}
+
+func TestReady(t *testing.T) {
+	sut := newServiceSUT(t)
+	sut.broker.EXPECT().Ping(gomock.Any()).Return(nil)
+	if err := sut.svc.Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sut.broker.EXPECT().Ping(gomock.Any()).Return(domain.ErrUnavailable)
+	if err := sut.svc.Ready(context.Background()); !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("Ready with the broker away = %v", err)
+	}
+	sut.svc.BeginShutdown()
+	if err := sut.svc.Ready(context.Background()); !errors.Is(err, domain.ErrShuttingDown) {
+		t.Fatalf("Ready while draining = %v", err)
 	}
 }

@@ -83,12 +83,20 @@ func (e *TransitionError) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalidTransition) true.
 func (e *TransitionError) Unwrap() error { return ErrInvalidTransition }
 
-// TimeoutError reports an attempt stopped at its deadline.
+// TimeoutError reports an attempt stopped at its deadline. Abandoned says
+// its handler did not return even after its context ended, so it was
+// left running and its result, if any, will be discarded.
 type TimeoutError struct {
-	After time.Duration
+	After     time.Duration
+	Abandoned bool
 }
 
-func (e *TimeoutError) Error() string { return fmt.Sprintf("attempt timed out after %s", e.After) }
+func (e *TimeoutError) Error() string {
+	if e.Abandoned {
+		return fmt.Sprintf("attempt timed out after %s; its handler did not return and was abandoned", e.After)
+	}
+	return fmt.Sprintf("attempt timed out after %s", e.After)
+}
 
 // Unwrap makes errors.Is(err, ErrAttemptTimedOut) true.
 func (e *TimeoutError) Unwrap() error { return ErrAttemptTimedOut }

@@ -18,8 +18,10 @@ import (
 // priority first; equal priorities in the order they became pending.
 type TaskQueue interface {
 	// Enqueue stores a new pending task. It returns domain.ErrQueueFull when
-	// the queue already holds its limit of pending tasks (the task is not
-	// stored), domain.ErrShuttingDown once the queue is closed, and
+	// the queue already holds its limit of tasks waiting to run (pending
+	// and retrying), domain.ErrStorageFull when the broker has no room for
+	// the task's bytes (in both cases the task is not stored),
+	// domain.ErrShuttingDown once the queue is closed, and
 	// domain.ErrUnavailable when the broker cannot be reached.
 	Enqueue(ctx context.Context, task *domain.Task) error
 
@@ -33,9 +35,14 @@ type TaskQueue interface {
 	// Settle stores how attempt number attempt of task ended: task is
 	// succeeded, failed, retrying (pending again once its next attempt is
 	// due, behind the pending tasks of its priority) or pending (handed
-	// back unfinished, at its old place). It returns domain.ErrStaleAttempt
-	// if that attempt is no longer the task's running attempt (nothing is
-	// changed), and domain.ErrUnavailable when the broker cannot be reached.
+	// back unfinished, at its old place). It is never refused for lack of
+	// room: the task was counted all along. While the broker cannot be
+	// reached it keeps trying for as long as the attempt is still this
+	// instance's (its lease has not run out), so a short outage costs no
+	// attempt; then, or when ctx ends first, it gives the attempt up to
+	// the broker's recovery and returns domain.ErrUnavailable or ctx's
+	// error. It returns domain.ErrStaleAttempt if that attempt is no
+	// longer the task's running attempt (nothing is changed).
 	Settle(ctx context.Context, attempt int, task *domain.Task) error
 }
 
@@ -48,8 +55,18 @@ type TaskReader interface {
 	Get(ctx context.Context, id uuid.UUID) (*domain.Task, error)
 }
 
-// Broker is what a broker adapter provides: the queue and the task records.
+// Pinger reports whether a broker can take and store tasks now.
+type Pinger interface {
+	// Ping returns nil when the broker can be reached and is open,
+	// domain.ErrUnavailable (wrapping the cause) when it cannot be
+	// reached, and domain.ErrShuttingDown once it is closed.
+	Ping(ctx context.Context) error
+}
+
+// Broker is what a broker adapter provides: the queue, the task records,
+// and a readiness check.
 type Broker interface {
 	TaskQueue
 	TaskReader
+	Pinger
 }

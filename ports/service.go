@@ -23,10 +23,18 @@ type TaskService interface {
 	// Submit validates and enqueues a new task and returns it. It returns a
 	// *domain.ValidationError (errors.Is domain.ErrInvalidInput) for a bad
 	// field, a *domain.UnknownTypeError when no handler serves the type,
-	// domain.ErrQueueFull, domain.ErrShuttingDown and domain.ErrUnavailable.
+	// domain.ErrQueueFull, domain.ErrStorageFull, domain.ErrShuttingDown
+	// and domain.ErrUnavailable. A task is stored, or not, whether or not
+	// ctx ends while the broker answers.
 	Submit(ctx context.Context, s Submission) (*domain.Task, error)
 
 	// Get returns the task with the given id, domain.ErrTaskNotFound, or
 	// domain.ErrUnavailable.
 	Get(ctx context.Context, id uuid.UUID) (*domain.Task, error)
+
+	// Ready returns nil when this instance can take and store tasks,
+	// domain.ErrShuttingDown once it is draining, and
+	// domain.ErrUnavailable (wrapping the cause) when its broker cannot be
+	// reached.
+	Ready(ctx context.Context) error
 }

@@ -37,6 +37,8 @@ func Run(t *testing.T, newBroker Factory) {
 	}{
 		{"PriorityOrderAndFIFO", testPriorityOrder},
 		{"BoundRefusesOnlyNewPending", testBound},
+		{"BoundCountsRetryingTasks", testBoundCountsRetrying},
+		{"PingWhileOpen", testPing},
 		{"DequeueStartsAttempt", testDequeueStartsAttempt},
 		{"DequeueBlocksUntilEnqueue", testDequeueBlocks},
 		{"DequeueHonoursContext", testDequeueContext},
@@ -139,6 +141,38 @@ func testBound(t *testing.T, newBroker Factory) {
 	}
 	dequeue(t, b) // a running task does not count
 	enqueue(t, b, NewTask(t, 1, 0))
+}
+
+// testBoundCountsRetrying holds that --queue-size bounds every task
+// waiting to run: a task waiting out its backoff keeps its place in the
+// count, so a failing handler cannot make the broker hold more than the
+// bound; and the failed attempt itself is never refused.
+func testBoundCountsRetrying(t *testing.T, newBroker Factory) {
+	b := newBroker(t, Config{QueueSize: 2, Retention: time.Hour})
+	failing := NewTask(t, 0, 5)
+	enqueue(t, b, failing, NewTask(t, 0, 0))
+	running := dequeue(t, b)
+	if running.ID() != failing.ID() {
+		t.Fatalf("dequeued %s; want %s", running.ID(), failing.ID())
+	}
+	enqueue(t, b, NewTask(t, 0, 0)) // one running, two pending: full
+	_ = running.Fail(time.Now(), "boom", policy(t, time.Hour), 0.5)
+	if err := b.Settle(ctxT(t), 1, running); err != nil {
+		t.Fatalf("Settle of a failed attempt over the bound: %v; it must never be refused", err)
+	}
+	dequeue(t, b)
+	dequeue(t, b) // two running; the retrying task still counts
+	enqueue(t, b, NewTask(t, 0, 0))
+	if err := b.Enqueue(ctxT(t), NewTask(t, 0, 0)); !errors.Is(err, domain.ErrQueueFull) {
+		t.Fatalf("Enqueue with one retrying and one pending: %v; want ErrQueueFull", err)
+	}
+}
+
+func testPing(t *testing.T, newBroker Factory) {
+	b := newBroker(t, Config{QueueSize: 1, Retention: time.Hour})
+	if err := b.Ping(ctxT(t)); err != nil {
+		t.Fatalf("Ping on an open broker: %v", err)
+	}
 }
 
 func testDequeueStartsAttempt(t *testing.T, newBroker Factory) {
@@ -253,11 +287,11 @@ func testRetryOverLimit(t *testing.T, newBroker Factory) {
 	task := NewTask(t, 0, 1)
 	enqueue(t, b, task)
 	running := dequeue(t, b)
+	enqueue(t, b, NewTask(t, 9, 0)) // fills the queue while task runs
 	_ = running.Fail(time.Now(), "boom", policy(t, 100*time.Millisecond), 0.5)
 	if err := b.Settle(ctxT(t), 1, running); err != nil {
-		t.Fatal(err)
+		t.Fatalf("Settle of a failed attempt with the queue full: %v", err)
 	}
-	enqueue(t, b, NewTask(t, 9, 0)) // fills the queue
 	deadline := time.Now().Add(wait)
 	for get(t, b, task.ID()).Status() != domain.StatusPending {
 		if time.Now().After(deadline) {

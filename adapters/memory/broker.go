@@ -19,9 +19,11 @@ import (
 // priority (priorities are a closed set of ten), so taking the next task
 // costs the same at any queue length; retrying tasks wait in a heap by due
 // time and join the back of their priority's FIFO when due. Finished
-// tasks are forgotten after the retention period.
+// tasks are forgotten after the retention period, past the MaxFinished
+// cap, or oldest first when room is needed under the memory limit.
 type Broker struct {
 	limit       int
+	memoryLimit int64
 	retention   time.Duration
 	maxFinished int
 	now         func() time.Time
@@ -32,6 +34,7 @@ type Broker struct {
 	running  map[uuid.UUID]slot // tasks with an attempt under way (few)
 	ready    [domain.PriorityLevels]ring
 	pending  int
+	bytes    int64 // held tasks' taskBytes
 	retrying retryHeap
 	finished ring // in the order they finished, so the oldest go first
 	seq      uint64
@@ -45,10 +48,16 @@ var _ ports.Broker = (*Broker)(nil)
 
 // Options configure a Broker.
 type Options struct {
-	// QueueSize is the most pending tasks the broker holds; Enqueue
-	// refuses more. Tasks coming back from a retry backoff are always
-	// taken, even over the limit.
+	// QueueSize is the most tasks waiting to run (pending and retrying)
+	// the broker holds; Enqueue refuses more with domain.ErrQueueFull. A
+	// task that fails or is handed back is always taken, even over the
+	// limit: it was counted while it ran.
 	QueueSize int
+	// MemoryLimit is the most bytes of tasks the broker holds (payloads,
+	// types, errors and TaskOverhead per task). To make room for a new
+	// task it forgets finished tasks, oldest first; if that is not enough
+	// Enqueue refuses it with domain.ErrStorageFull. Zero means no limit.
+	MemoryLimit int64
 	// Retention is how long finished tasks can still be read.
 	Retention time.Duration
 	// MaxFinished caps how many finished tasks are kept, so memory stays
@@ -70,11 +79,15 @@ func New(opts Options) (*Broker, error) {
 	if opts.MaxFinished < 0 {
 		return nil, fmt.Errorf("max finished must not be negative, got %d", opts.MaxFinished)
 	}
+	if opts.MemoryLimit < 0 {
+		return nil, fmt.Errorf("memory limit must not be negative, got %d", opts.MemoryLimit)
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	b := &Broker{
 		limit:       opts.QueueSize,
+		memoryLimit: opts.MemoryLimit,
 		retention:   opts.Retention,
 		maxFinished: opts.MaxFinished,
 		now:         opts.Now,
@@ -99,15 +112,22 @@ func (b *Broker) Enqueue(_ context.Context, task *domain.Task) error {
 	now := b.now()
 	b.promoteDue(now)
 	b.expire(now)
-	if b.pending >= b.limit {
+	if b.pending+b.retrying.Len() >= b.limit {
 		b.mu.Unlock()
 		return domain.ErrQueueFull
+	}
+	size := taskBytes(task)
+	if !b.makeRoom(size) {
+		b.mu.Unlock()
+		return fmt.Errorf("%w: a task of %d bytes does not fit in the memory limit of %d bytes (%d held by tasks waiting or running)",
+			domain.ErrStorageFull, size, b.memoryLimit, b.bytes)
 	}
 	// Ids come from a UUIDv7 generator; a duplicate would replace the
 	// index entry of the first.
 	i := b.slab.alloc()
 	e := b.slab.at(i)
-	e.task, e.heapIndex = *task, -1
+	e.task, e.heapIndex, e.bytes = *task, -1, size
+	b.bytes += size
 	b.index.put(task.ID(), i)
 	b.pushReady(i)
 	b.mu.Unlock()
@@ -179,6 +199,10 @@ func (b *Broker) Settle(_ context.Context, attempt int, task *domain.Task) error
 	delete(b.running, task.ID())
 	e := b.slab.at(i)
 	e.task = *task
+	size := taskBytes(task) // a longer error can grow it: never refused
+	b.bytes += size - e.bytes
+	e.bytes = size
+	b.makeRoom(0)
 	now := b.now()
 	switch status {
 	case domain.StatusSucceeded, domain.StatusFailed:
@@ -212,9 +236,22 @@ func (b *Broker) Get(_ context.Context, id uuid.UUID) (*domain.Task, error) {
 	return &out, nil
 }
 
-// Stats counts the tasks the broker holds by status.
+// Ping returns nil while the broker is open and domain.ErrShuttingDown
+// after Close; see ports.Pinger.
+func (b *Broker) Ping(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return domain.ErrShuttingDown
+	}
+	return nil
+}
+
+// Stats counts the tasks the broker holds by status, and the bytes they
+// count against the memory limit.
 type Stats struct {
 	Pending, Running, Retrying, Finished int
+	Bytes                                int64
 }
 
 // Stats returns how many tasks are in each state now.
@@ -222,7 +259,7 @@ func (b *Broker) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.promoteDue(b.now())
-	s := Stats{Pending: b.pending, Running: len(b.running), Retrying: b.retrying.Len(), Finished: b.finished.len()}
+	s := Stats{Pending: b.pending, Running: len(b.running), Retrying: b.retrying.Len(), Finished: b.finished.len(), Bytes: b.bytes}
 	return s
 }
 
@@ -282,10 +319,28 @@ func (b *Broker) expire(now time.Time) {
 		if !overCap && nowNano < e.expires {
 			return
 		}
-		b.finished.popFront()
-		b.index.remove(e.task.ID())
-		b.slab.release(i)
+		b.forgetOldestFinished()
 	}
+}
+
+// makeRoom forgets finished tasks, oldest first, until size more bytes fit
+// under the memory limit. It reports whether they fit.
+func (b *Broker) makeRoom(size int64) bool {
+	if b.memoryLimit == 0 {
+		return true
+	}
+	for b.bytes+size > b.memoryLimit && b.finished.len() > 0 {
+		b.forgetOldestFinished()
+	}
+	return b.bytes+size <= b.memoryLimit
+}
+
+func (b *Broker) forgetOldestFinished() {
+	i := b.finished.popFront()
+	e := b.slab.at(i)
+	b.bytes -= e.bytes
+	b.index.remove(e.task.ID())
+	b.slab.release(i)
 }
 
 func (b *Broker) nextSeq() uint64 {

@@ -3,6 +3,7 @@ package memory_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func TestCloseWakesWaitersAndCountsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _ = b.Dequeue(ctx) // one running
-	if s := b.Stats(); s != (memory.Stats{Pending: 1, Running: 1, Retrying: 1}) {
+	if s := b.Stats(); s.Pending != 1 || s.Running != 1 || s.Retrying != 1 || s.Finished != 0 {
 		t.Fatalf("Stats = %+v", s)
 	}
 	empty, _ := memory.New(memory.Options{QueueSize: 1})
@@ -136,5 +137,65 @@ func TestMaxFinishedForgetsOldestFirst(t *testing.T) {
 	}
 	if _, err := memory.New(memory.Options{QueueSize: 1, MaxFinished: -1}); err == nil {
 		t.Fatal("negative cap accepted")
+	}
+}
+
+func taskWithPayload(t *testing.T, size int) *domain.Task {
+	p, _ := domain.ParsePriority(0)
+	payload := make([]byte, size)
+	copy(payload, `{"k":"`)
+	for i := 6; i < size-2; i++ {
+		payload[i] = 'x'
+	}
+	copy(payload[size-2:], `"}`)
+	task, err := domain.NewTask(uuid.Must(uuid.NewV7()), "big", payload, p, 0, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task
+}
+
+// The memory limit bounds the bytes held, whatever the task count: room is
+// made by forgetting finished tasks oldest first, and a task that still
+// does not fit is refused with ErrStorageFull (a 503, like a full queue).
+func TestMemoryLimitEvictsFinishedOldestFirstThenRefuses(t *testing.T) {
+	const payload = 10_000
+	limit := int64(5 * (payload + memory.TaskOverhead + 64))
+	b, _ := memory.New(memory.Options{QueueSize: 1000, Retention: time.Hour, MemoryLimit: limit})
+	ctx := context.Background()
+	var finished []uuid.UUID
+	for i := 0; i < 3; i++ {
+		task := taskWithPayload(t, payload)
+		if err := b.Enqueue(ctx, task); err != nil {
+			t.Fatal(err)
+		}
+		running, _ := b.Dequeue(ctx)
+		_ = running.Succeed(time.Now())
+		_ = b.Settle(ctx, 1, running)
+		finished = append(finished, task.ID())
+	}
+	// Two more fit beside the three finished ones; the third needs room.
+	for i := 0; i < 3; i++ {
+		if err := b.Enqueue(ctx, taskWithPayload(t, payload)); err != nil {
+			t.Fatalf("enqueue %d: %v", i, err)
+		}
+	}
+	if _, err := b.Get(ctx, finished[0]); !errors.Is(err, domain.ErrTaskNotFound) {
+		t.Fatalf("oldest finished task kept although room was needed: %v", err)
+	}
+	if _, err := b.Get(ctx, finished[1]); err != nil {
+		t.Fatalf("a newer finished task was forgotten before the oldest: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := b.Enqueue(ctx, taskWithPayload(t, payload)); err != nil {
+			t.Fatalf("enqueue after room was made: %v", err)
+		}
+	}
+	err := b.Enqueue(ctx, taskWithPayload(t, payload))
+	if !errors.Is(err, domain.ErrStorageFull) || !strings.Contains(err.Error(), "memory limit") {
+		t.Fatalf("enqueue with only waiting tasks held: %v; want ErrStorageFull", err)
+	}
+	if s := b.Stats(); s.Bytes > limit || s.Pending != 5 || s.Finished != 0 {
+		t.Fatalf("stats %+v; want 5 pending within %d bytes", s, limit)
 	}
 }

@@ -22,7 +22,18 @@ type entry struct {
 	task      domain.Task
 	seq       uint64 // orders retrying tasks due at the same instant
 	expires   int64  // unix nanoseconds; set once finished
+	bytes     int64  // what the task counts against the memory limit
 	heapIndex int32  // position in the retry heap, -1 elsewhere
+}
+
+// TaskOverhead is what a task costs besides its payload, type and last
+// error: its slab entry, index cell and queue slot, rounded up (a pending
+// task measures about 334 bytes; see TestPendingTaskMemory).
+const TaskOverhead = 512
+
+// taskBytes is what t counts against the memory limit.
+func taskBytes(t *domain.Task) int64 {
+	return TaskOverhead + int64(cap(t.Payload())+len(t.Type())+len(t.LastError()))
 }
 
 type slab struct {

@@ -52,6 +52,20 @@ func (mr *MockTaskServiceMockRecorder) Get(ctx, id interface{}) *gomock.Call {
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Get", reflect.TypeOf((*MockTaskService)(nil).Get), ctx, id)
 }
 
+// Ready mocks base method.
+func (m *MockTaskService) Ready(ctx context.Context) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Ready", ctx)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Ready indicates an expected call of Ready.
+func (mr *MockTaskServiceMockRecorder) Ready(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Ready", reflect.TypeOf((*MockTaskService)(nil).Ready), ctx)
+}
+
 // Submit mocks base method.
 func (m *MockTaskService) Submit(ctx context.Context, s ports.Submission) (*domain.Task, error) {
 	m.ctrl.T.Helper()
