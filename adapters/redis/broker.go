@@ -10,8 +10,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
-	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +30,12 @@ type Options struct {
 	URL string
 	// Prefix names the queue; every key is {Prefix}:..., one Cluster slot.
 	Prefix string
-	// QueueSize bounds the pending tasks of the whole shared queue.
+	// Instance names this instance in lease tokens, in the state of the
+	// attempts it runs and in logs. It should be unique among the
+	// instances sharing the queue (host:pid, say).
+	Instance string
+	// QueueSize bounds the tasks waiting to run (pending and retrying) of
+	// the whole shared queue.
 	QueueSize int
 	// Retention is how long finished tasks can still be read (Redis TTL).
 	Retention time.Duration
@@ -44,8 +49,9 @@ type Options struct {
 	// MaintainInterval is how often due retries are promoted and expired
 	// leases looked for. Defaults to one second.
 	MaintainInterval time.Duration
-	// SweepInterval is how often the keyspace is scanned for running tasks
-	// that have no lease at all. Defaults to one minute.
+	// SweepInterval is how often one of the instances sharing the queue
+	// looks through the task records for tasks that no set holds.
+	// Defaults to one minute.
 	SweepInterval time.Duration
 	Log           logrus.FieldLogger
 	// Now and Random default to the wall clock and math/rand/v2.
@@ -55,36 +61,50 @@ type Options struct {
 
 // Broker implements ports.Broker on Redis.
 type Broker struct {
-	rdb    *goredis.Client
-	opts   Options
-	keys   keys
-	log    logrus.FieldLogger
-	id     string // this instance, for lease tokens
-	fetchN atomic.Uint64
+	rdb     *goredis.Client
+	blocker *goredis.Client // for the idle fetcher's BLPOP; Close interrupts it
+	opts    Options
+	keys    keys
+	scripts scripts
+	log     logrus.FieldLogger
+	tokens  string // this process's prefix of lease tokens
+	fetchN  atomic.Uint64
 
 	mu   sync.Mutex
 	held map[uuid.UUID]lease // attempts this instance runs
+	// lost holds the token prefixes of dequeue calls whose reply never
+	// came: they may have started attempts nobody runs, which maintenance
+	// puts back once Redis answers again.
+	lost []string
 
 	waiters     chan *waiter
 	calls       chan *call
 	callMu      sync.RWMutex
 	callsClosed bool
-	ctx         context.Context // cancelled by Close
+	kick        chan struct{} // asks maintenance to run now
+	ctx         context.Context
 	cancel      context.CancelFunc
 	stop        chan struct{}
 	loops       sync.WaitGroup // fetch, renew, maintain, sweep
 	callers     sync.WaitGroup // pipeline workers
 	closed      atomic.Bool
+	sweeps      atomic.Int64 // sweep passes this instance ran
 }
 
+// lease is an attempt this instance runs.
 type lease struct {
-	member  string // "id|token" in the running set
-	attempt int
-	score   string // place in the ready set, for a hand-back
+	token    string
+	attempt  int
+	score    string    // place in the ready set, for a hand-back
+	deadline time.Time // when the lease runs out unless renewed
 }
 
 type keys struct {
-	ready, running, delayed, finished, seq, wake, task string
+	ready, running, delayed, finished, seq, wake, task, schema, sweep string
+}
+
+type scripts struct {
+	enqueue, dequeue, settle, renew, undo, maintain, repair *goredis.Script
 }
 
 var _ ports.Broker = (*Broker)(nil)
@@ -92,9 +112,12 @@ var _ ports.Broker = (*Broker)(nil)
 const (
 	fetchBatch      = 64
 	maxFetches      = 3
+	maxLost         = 64
 	pipelineBatch   = 128
 	pipelineCallers = 4
 	opTimeout       = 5 * time.Second
+	// schemaVersion names the layout of the keys; see record.go.
+	schemaVersion = "2"
 )
 
 // New connects to Redis and starts the broker's background work. It
@@ -125,43 +148,83 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	if opts.Random == nil {
 		opts.Random = rand.Float64
 	}
+	if opts.Instance == "" {
+		opts.Instance = "taskqueue"
+	}
 	// go-redis reports connection-pool trouble through one process-wide
 	// logger, to stderr by default. Route it to ours at debug level: the
 	// broker reports Redis trouble itself, once per outage.
 	setLogger.Do(func() { goredis.SetLogger(redisLogger{opts.Log}) })
-	copts, err := goredis.ParseURL(opts.URL)
+	copts, err := ParseURL(opts.URL)
 	if err != nil {
-		return nil, fmt.Errorf("redis URL %q: %w", Redact(opts.URL), err)
+		return nil, err
 	}
 	copts.PoolSize = max(copts.PoolSize, 32)
 	rdb := goredis.NewClient(copts)
+	b, err := open(ctx, rdb, copts, opts)
+	if err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("redis at %s: %w", Redact(opts.URL), err)
+	}
+	return b, nil
+}
+
+// ParseURL checks a Redis URL and returns the client options it names. Its
+// error names the URL with any password hidden.
+func ParseURL(rawURL string) (*goredis.Options, error) {
+	copts, err := goredis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis URL %q: %w", Redact(rawURL), err)
+	}
+	return copts, nil
+}
+
+// open checks the server, loads the scripts and starts the background
+// work on rdb.
+func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts Options) (*Broker, error) {
 	pingCtx, cancelPing := context.WithTimeout(ctx, opTimeout)
 	defer cancelPing()
 	if err := rdb.Ping(pingCtx).Err(); err != nil {
-		_ = rdb.Close()
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w", Redact(opts.URL), err)
+		return nil, fmt.Errorf("cannot reach Redis: %w", err)
 	}
-	for _, s := range []*goredis.Script{enqueueScript, dequeueScript, settleScript, renewScript, maintainScript, getScript, repairScript} {
+	flags, err := supportsScriptFlags(pingCtx, rdb)
+	if err != nil {
+		return nil, err
+	}
+	sc := scripts{
+		enqueue: enqueueScript.build(flags), dequeue: dequeueScript.build(flags), settle: settleScript.build(flags),
+		renew: renewScript.build(flags), undo: undoScript.build(flags), maintain: maintainScript.build(flags),
+		repair: repairScript.build(flags),
+	}
+	for _, s := range []*goredis.Script{sc.enqueue, sc.dequeue, sc.settle, sc.renew, sc.undo, sc.maintain, sc.repair} {
 		if err := s.Load(pingCtx, rdb).Err(); err != nil {
-			_ = rdb.Close()
-			return nil, fmt.Errorf("load scripts into Redis at %s: %w", Redact(opts.URL), err)
+			return nil, fmt.Errorf("load scripts: %w", err)
 		}
 	}
-	host, _ := os.Hostname()
 	tag := "{" + opts.Prefix + "}:"
+	k := keys{
+		ready: tag + "ready", running: tag + "running", delayed: tag + "delayed",
+		finished: tag + "finished", seq: tag + "seq", wake: tag + "wake", task: tag + "t:",
+		schema: tag + "schema", sweep: tag + "sweep",
+	}
+	if err := checkSchema(pingCtx, rdb, k); err != nil {
+		return nil, err
+	}
+	bopts := *copts
+	bopts.PoolSize, bopts.MinIdleConns, bopts.MaxIdleConns = 1, 0, 1
 	bctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
-		rdb:  rdb,
-		opts: opts,
-		keys: keys{
-			ready: tag + "ready", running: tag + "running", delayed: tag + "delayed",
-			finished: tag + "finished", seq: tag + "seq", wake: tag + "wake", task: tag + "t:",
-		},
+		rdb:     rdb,
+		blocker: goredis.NewClient(&bopts),
+		opts:    opts,
+		keys:    k,
+		scripts: sc,
 		log:     opts.Log.WithField("broker", "redis"),
-		id:      fmt.Sprintf("%s-%d-%04x", host, os.Getpid(), rand.Uint32N(1<<16)),
+		tokens:  fmt.Sprintf("%s/%08x", opts.Instance, rand.Uint32()),
 		held:    make(map[uuid.UUID]lease),
 		waiters: make(chan *waiter, 1024),
 		calls:   make(chan *call, 1024),
+		kick:    make(chan struct{}, 1),
 		ctx:     bctx,
 		cancel:  cancel,
 		stop:    make(chan struct{}),
@@ -176,6 +239,45 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	go b.maintainLoop()
 	go b.sweepLoop()
 	return b, nil
+}
+
+// supportsScriptFlags reports whether the server takes script flags
+// (Redis 7 and later).
+func supportsScriptFlags(ctx context.Context, rdb *goredis.Client) (bool, error) {
+	info, err := rdb.Info(ctx, "server").Result()
+	if err != nil {
+		return false, fmt.Errorf("read server version: %w", err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			major, _, _ := strings.Cut(v, ".")
+			n, err := strconv.Atoi(major)
+			return err == nil && n >= 7, nil
+		}
+	}
+	return false, nil
+}
+
+// checkSchema marks a new queue with this layout's version, and refuses a
+// queue written by an older version, whose records this one cannot read.
+func checkSchema(ctx context.Context, rdb *goredis.Client, k keys) error {
+	v, err := rdb.Get(ctx, k.schema).Result()
+	switch {
+	case err == nil && v == schemaVersion:
+		return nil
+	case err == nil:
+		return fmt.Errorf("queue %s uses key layout %q; this version of taskqueue reads layout %s", strings.TrimSuffix(k.schema, ":schema"), v, schemaVersion)
+	case !errors.Is(err, goredis.Nil):
+		return fmt.Errorf("read queue layout: %w", err)
+	}
+	used, err := rdb.Exists(ctx, k.seq).Result()
+	if err != nil {
+		return fmt.Errorf("read queue layout: %w", err)
+	}
+	if used > 0 {
+		return fmt.Errorf("queue %s was written by an older version of taskqueue (before key layout %s); let its instances drain it, then start this version with the same --redis-prefix after deleting its keys, or with a new --redis-prefix", strings.TrimSuffix(k.schema, ":schema"), schemaVersion)
+	}
+	return rdb.SetNX(ctx, k.schema, schemaVersion, 0).Err()
 }
 
 // Redact returns rawURL with any password replaced, for messages.
@@ -195,7 +297,24 @@ func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
 	l.log.WithField("component", "go-redis").Debugf(format, v...)
 }
 
-func unavailable(err error) error { return fmt.Errorf("%w: %v", domain.ErrUnavailable, err) }
+// classify turns an error from Redis into the domain's words: a Redis
+// refusing writes for lack of memory is domain.ErrStorageFull, anything
+// else domain.ErrUnavailable. The cause is kept in the message.
+func classify(err error) error {
+	var rerr goredis.Error
+	if errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "OOM ") {
+		return fmt.Errorf("%w: Redis refuses writes: maxmemory reached (%w)", domain.ErrStorageFull, err)
+	}
+	return fmt.Errorf("%w: %w", domain.ErrUnavailable, err)
+}
+
+// replied reports whether err is an answer from Redis (the command ran, or
+// was refused), not a lost connection after which it may or may not have
+// run.
+func replied(err error) bool {
+	var rerr goredis.Error
+	return errors.As(err, &rerr) && !errors.Is(err, goredis.ErrClosed)
+}
 
 func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 
@@ -207,13 +326,17 @@ func (b *Broker) Enqueue(ctx context.Context, task *domain.Task) error {
 	if task.Status() != domain.StatusPending {
 		return &domain.TransitionError{Action: "enqueue", From: task.Status()}
 	}
-	rec, err := encodeRecord(task)
+	d, err := encodeData(task)
+	if err != nil {
+		return err
+	}
+	s, err := encodeState(task, "")
 	if err != nil {
 		return err
 	}
 	id := task.ID().String()
-	res, err := b.run(ctx, enqueueScript, []string{b.keys.ready, b.keys.seq, b.keys.wake, b.keys.task + id},
-		b.opts.QueueSize, rec, id, task.Priority().Level())
+	res, err := b.run(ctx, b.scripts.enqueue, []string{b.keys.ready, b.keys.delayed, b.keys.seq, b.keys.wake, b.keys.task + id},
+		b.opts.QueueSize, d, s, id, task.Priority().Level())
 	if err != nil {
 		return err
 	}
@@ -227,56 +350,75 @@ func (b *Broker) Enqueue(ctx context.Context, task *domain.Task) error {
 	}
 }
 
-// Get returns the stored task, with its running attempt if it has one;
-// see ports.TaskReader.
+// Get returns the stored task, as its record says; see ports.TaskReader.
+// It is one HMGET, whatever the number of tasks.
 func (b *Broker) Get(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
-	idStr := id.String()
-	res, err := getScript.Run(ctx, b.rdb, []string{b.keys.running, b.keys.task + idStr}, idStr).Slice()
-	if errors.Is(err, goredis.Nil) {
+	vals, err := b.rdb.HMGet(ctx, b.keys.task+id.String(), "d", "s").Result()
+	if err != nil {
+		return nil, classify(err)
+	}
+	d, _ := vals[0].(string)
+	s, _ := vals[1].(string)
+	if d == "" || s == "" {
 		return nil, domain.ErrTaskNotFound
 	}
-	if err != nil {
-		return nil, unavailable(err)
+	t, _, err := decodeRecord(id, d, s)
+	return t, err
+}
+
+// Ping checks that Redis answers; see ports.Pinger.
+func (b *Broker) Ping(ctx context.Context) error {
+	if b.closed.Load() {
+		return domain.ErrShuttingDown
 	}
-	raw, _ := res[0].(string)
-	member, _ := res[1].(string)
-	t, err := decodeRecord(id, raw)
-	if err != nil || member == "" {
-		return t, err
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
+		return classify(err)
 	}
-	return runningView(t, member)
+	return nil
 }
 
 // Settle stores the outcome of an attempt this instance runs; see
-// ports.TaskQueue. While Redis is unreachable it retries until ctx ends.
+// ports.TaskQueue. While Redis cannot be reached it keeps trying until the
+// attempt's lease runs out (renewals move that on whenever Redis answers)
+// or ctx ends; then it stops renewing the lease, so another instance
+// recovers the task.
 func (b *Broker) Settle(ctx context.Context, attempt int, task *domain.Task) error {
+	id := task.ID()
 	b.mu.Lock()
-	h, ok := b.held[task.ID()]
+	h, ok := b.held[id]
 	b.mu.Unlock()
 	if !ok || h.attempt != attempt {
-		return fmt.Errorf("settle attempt %d of task %s: %w", attempt, task.ID(), domain.ErrStaleAttempt)
+		return fmt.Errorf("settle attempt %d of task %s: %w", attempt, id, domain.ErrStaleAttempt)
 	}
-	err := b.settle(ctx, task, h, "")
-	if errors.Is(err, domain.ErrUnavailable) {
-		for wait := 100 * time.Millisecond; errors.Is(err, domain.ErrUnavailable); wait = min(2*wait, time.Second) {
-			select {
-			case <-ctx.Done():
-				b.release(task.ID()) // stop renewing: recovery takes it from here
-				return err
-			case <-time.After(wait):
-			}
-			err = b.settle(ctx, task, h, "")
+	defer b.release(id, h.token)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		err := b.settle(ctx, task, h, "", true)
+		transient := errors.Is(err, domain.ErrUnavailable) || errors.Is(err, domain.ErrStorageFull) || ctx.Err() != nil
+		if err == nil || !transient {
+			return err
+		}
+		b.mu.Lock()
+		h, ok = b.held[id]
+		b.mu.Unlock()
+		switch {
+		case !ok:
+			return fmt.Errorf("settle attempt %d of task %s: %w", attempt, id, domain.ErrStaleAttempt)
+		case ctx.Err() != nil:
+			return fmt.Errorf("settle attempt %d of task %s: gave up before Redis answered (%w); its lease runs out at %s", attempt, id, ctx.Err(), h.deadline.Format(time.RFC3339))
+		case !b.opts.Now().Before(h.deadline):
+			return fmt.Errorf("settle attempt %d of task %s: its lease ran out before Redis answered: %w", attempt, id, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
 		}
 	}
-	if err == nil || errors.Is(err, domain.ErrStaleAttempt) {
-		b.release(task.ID())
-	}
-	return err
 }
 
-// settle runs the settle script for task's attempt under lease h.
-// expiredBy, when set, also requires the lease to have run out by then.
-func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expiredBy string) error {
+// settle runs the settle script for task's attempt under lease h. expiredBy,
+// when set, also requires the lease to have run out by then. owner says
+// the attempt's own instance writes (and keeps the token in the state).
+func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expiredBy string, owner bool) error {
 	var kind, scoreOrDue string
 	switch task.Status() {
 	case domain.StatusSucceeded, domain.StatusFailed:
@@ -288,34 +430,43 @@ func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expired
 	default:
 		return &domain.TransitionError{Action: "settle", From: task.Status()}
 	}
-	rec, err := encodeRecord(task)
+	keep := ""
+	if owner {
+		keep = h.token
+	}
+	s, err := encodeState(task, keep)
 	if err != nil {
 		return err
 	}
-	res, err := b.run(ctx, settleScript,
+	res, err := b.run(ctx, b.scripts.settle,
 		[]string{b.keys.running, b.keys.delayed, b.keys.ready, b.keys.finished, b.keys.wake},
-		b.keys.task, task.ID().String(), h.member, rec, kind, scoreOrDue, b.opts.Retention.Milliseconds(),
-		b.opts.MaxFinished, expiredBy)
+		b.keys.task, task.ID().String(), h.token, s, kind, scoreOrDue, b.opts.Retention.Milliseconds(),
+		b.opts.MaxFinished, expiredBy, ms(b.opts.Now()))
 	if err != nil {
 		return err
 	}
-	if n, _ := res.(int64); n != 1 {
+	switch n, _ := res.(int64); {
+	case n == 1, n == 2 && owner:
+		return nil
+	default:
 		return fmt.Errorf("settle attempt %d of task %s: %w", h.attempt, task.ID(), domain.ErrStaleAttempt)
 	}
-	return nil
 }
 
-func (b *Broker) release(id uuid.UUID) {
+// release forgets the attempt with the given token: its lease is no longer
+// renewed.
+func (b *Broker) release(id uuid.UUID, token string) {
 	b.mu.Lock()
-	delete(b.held, id)
+	if h, ok := b.held[id]; ok && h.token == token {
+		delete(b.held, id)
+	}
 	b.mu.Unlock()
 }
 
 // Stats counts the tasks of the whole shared queue by state.
 type Stats struct {
 	Pending, Running, Retrying int64
-	// Finished counts finished tasks tracked for --max-finished (0 when
-	// there is no cap); some may already have expired.
+	// Finished counts the finished tasks still kept.
 	Finished int64
 }
 
@@ -325,27 +476,41 @@ func (b *Broker) Stats(ctx context.Context) (Stats, error) {
 	ready := pipe.ZCard(ctx, b.keys.ready)
 	running := pipe.ZCard(ctx, b.keys.running)
 	delayed := pipe.ZCard(ctx, b.keys.delayed)
-	finished := pipe.LLen(ctx, b.keys.finished)
+	finished := pipe.ZCard(ctx, b.keys.finished)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return Stats{}, unavailable(err)
+		return Stats{}, classify(err)
 	}
 	return Stats{Pending: ready.Val(), Running: running.Val(), Retrying: delayed.Val(), Finished: finished.Val()}, nil
 }
 
+// Held returns how many attempts this instance runs, as far as the broker
+// knows (taken and not yet settled).
+func (b *Broker) Held() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.held)
+}
+
 // Close stops taking work and the background loops, hands back tasks that
-// were fetched but never given to a worker, and closes the connection.
-// Tasks stay in Redis. Attempts still held (their handlers did not return)
-// are left to lease expiry. It returns how many attempts were still held.
-// Calling it again does nothing.
-func (b *Broker) Close() (stillHeld int) {
+// were fetched but never given to a worker, and closes the connections,
+// waiting for that no longer than ctx allows. Tasks stay in Redis.
+// Attempts still held (their outcome was not recorded) are left to lease
+// expiry. It returns how many attempts were still held. Calling it again
+// does nothing.
+func (b *Broker) Close(ctx context.Context) (stillHeld int) {
 	if b.closed.Swap(true) {
 		return 0
 	}
 	close(b.stop)
-	b.loops.Wait()
-	b.mu.Lock()
-	stillHeld = len(b.held)
-	b.mu.Unlock()
+	_ = b.blocker.Close() // interrupts an idle fetcher's BLPOP
+	loopsDone := make(chan struct{})
+	go func() { b.loops.Wait(); close(loopsDone) }()
+	select {
+	case <-loopsDone:
+	case <-ctx.Done():
+		b.log.Warn("background work did not stop within the shutdown budget; closing the connection under it")
+	}
+	stillHeld = b.Held()
 	if stillHeld > 0 {
 		b.log.WithField("count", stillHeld).Warn("attempts still running at close; other instances will recover them when their leases expire")
 	}

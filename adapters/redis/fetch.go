@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/taskqueue/taskqueue/domain"
@@ -159,6 +160,7 @@ func (b *Broker) fetchLoop() {
 			case failing:
 				b.log.Info("taking tasks from Redis again")
 				failing, backoff = false, 100*time.Millisecond
+				b.kickMaintain() // put back what lost replies started, now
 			}
 			if r.err == nil && len(r.tasks) < len(r.waiters) {
 				empty, nextDue = true, r.nextDue
@@ -205,13 +207,24 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
 	defer cancel()
 	now := b.opts.Now()
-	prefix := b.id + ":" + strconv.FormatUint(b.fetchN.Add(1), 36)
+	tokens := b.tokens + ":" + strconv.FormatUint(b.fetchN.Add(1), 36)
 	// Through the shared pipelines: a fetch then often rides in the same
 	// round trip as the completions of the workers it is fetching for.
-	val, err := b.run(ctx, dequeueScript,
+	val, err := b.run(ctx, b.scripts.dequeue,
 		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
-		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, prefix)
+		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, tokens, b.opts.Instance)
 	if err != nil {
+		if ctx.Err() == nil && !replied(err) {
+			// The call may have run and its reply been lost: remember its
+			// tokens, so the attempts it started are put back, not left
+			// to expire and cost a retry.
+			b.mu.Lock()
+			b.lost = append(b.lost, tokens+":")
+			if len(b.lost) > maxLost {
+				b.lost = b.lost[len(b.lost)-maxLost:]
+			}
+			b.mu.Unlock()
+		}
 		return nil, time.Time{}, err
 	}
 	res, ok := val.([]any)
@@ -224,24 +237,21 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	}
 	var tasks []*domain.Task
 	for i := 2; i+2 < len(res); i += 3 {
-		member, _ := res[i].(string)
-		score, _ := res[i+1].(string)
-		raw, _ := res[i+2].(string)
-		id, err := memberID(member)
+		rawID, _ := res[i].(string)
+		d, _ := res[i+1].(string)
+		s, _ := res[i+2].(string)
+		id, err := uuid.Parse(rawID)
 		if err != nil {
-			b.log.WithField("member", member).Error("ready set holds an id that is not a UUID; leaving it to lease recovery")
+			b.log.WithField("member", rawID).Error("ready set holds an id that is not a UUID; leaving it to lease recovery")
 			continue
 		}
-		t, err := decodeRecord(id, raw)
-		if err == nil {
-			t, err = runningView(t, member)
-		}
+		t, st, err := decodeRecord(id, d, s)
 		if err != nil {
 			b.log.WithError(err).Error("cannot read a task record; leaving it to lease recovery")
 			continue
 		}
 		b.mu.Lock()
-		b.held[id] = lease{member: member, attempt: t.Attempts(), score: score}
+		b.held[id] = lease{token: st.Token, attempt: t.Attempts(), score: st.Score, deadline: fromMillis(st.Lease)}
 		b.mu.Unlock()
 		tasks = append(tasks, t)
 	}
@@ -268,7 +278,7 @@ func (b *Broker) waitForWork(nextDue time.Time) {
 		}
 	}()
 	defer close(done)
-	err := b.rdb.BLPop(ctx, timeout, b.keys.wake).Err()
+	err := b.blocker.BLPop(ctx, timeout, b.keys.wake).Err()
 	if err != nil && !errors.Is(err, goredis.Nil) && b.ctx.Err() == nil {
 		select {
 		case <-b.stop:
@@ -277,18 +287,21 @@ func (b *Broker) waitForWork(nextDue time.Time) {
 	}
 }
 
-// unfetch hands a task that was started but never given to a worker
-// back to its place, without using up an attempt or changing its error.
+// unfetch puts back a task whose attempt was started but never given to
+// a worker, as if it had never started: same place, same attempt count.
 func (b *Broker) unfetch(t *domain.Task) {
-	attempt := t.Attempts()
-	if err := t.Release(b.opts.Now(), t.LastError()); err != nil {
-		b.log.WithError(err).Error("cannot hand back an undelivered task")
+	b.mu.Lock()
+	h, ok := b.held[t.ID()]
+	b.mu.Unlock()
+	if !ok {
 		return
 	}
+	defer b.release(t.ID(), h.token)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if err := b.Settle(ctx, attempt, t); err != nil {
-		b.log.WithError(err).WithField("task_id", t.ID()).Warn("cannot hand back an undelivered task; its lease will expire and it will be recovered")
+	if _, err := b.run(ctx, b.scripts.undo, []string{b.keys.running, b.keys.ready, b.keys.wake},
+		b.keys.task, "ids", t.ID().String(), h.token); err != nil {
+		b.log.WithError(err).WithField("task_id", t.ID()).Warn("cannot put back an undelivered task; its lease will expire and it will be recovered")
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
@@ -16,35 +17,56 @@ import (
 
 // renewLoop extends the leases of the attempts this instance runs, three
 // times per lease period, in one script call.
-func (b *Broker) renewLoop() { b.every(b.opts.Lease/3, b.renew) }
+func (b *Broker) renewLoop() { b.every(b.opts.Lease/3, nil, b.renew) }
 
 func (b *Broker) renew() {
 	b.mu.Lock()
-	args := make([]any, 0, 1+len(b.held))
-	args = append(args, ms(b.opts.Now().Add(b.opts.Lease)))
-	for _, h := range b.held {
-		args = append(args, h.member)
+	args := make([]any, 0, 2+2*len(b.held))
+	start := b.opts.Now()
+	deadline := start.Add(b.opts.Lease)
+	args = append(args, b.keys.task, ms(deadline))
+	tokens := make(map[uuid.UUID]string, len(b.held))
+	for id, h := range b.held {
+		args = append(args, id.String(), h.token)
+		tokens[id] = h.token
 	}
 	b.mu.Unlock()
-	if len(args) == 1 {
+	if len(tokens) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
 	defer cancel()
-	lost, err := renewScript.Run(ctx, b.rdb, []string{b.keys.running}, args...).StringSlice()
+	lost, err := b.scripts.renew.Run(ctx, b.rdb, []string{b.keys.running}, args...).StringSlice()
 	if err != nil {
-		b.log.WithError(err).Warn("cannot renew leases; if Redis stays away they expire and other instances take over")
+		if b.ctx.Err() == nil {
+			b.log.WithError(classify(err)).Warn("cannot renew leases; if Redis stays away past a lease, other instances take over its task")
+		}
 		return
 	}
-	for _, m := range lost {
-		id, _ := memberID(m)
-		b.log.WithField("task_id", id).Warn("lease lost: another instance recovered this task; this attempt's result will be discarded")
+	gone := make(map[uuid.UUID]bool, len(lost))
+	for _, raw := range lost {
+		id, _ := uuid.Parse(raw)
+		gone[id] = true
 	}
+	b.mu.Lock()
+	for id, token := range tokens {
+		h, ok := b.held[id]
+		switch {
+		case !ok || h.token != token: // settled meanwhile
+		case gone[id]:
+			delete(b.held, id)
+			b.log.WithField("task_id", id).Warn("lease lost: another instance recovered this task while it ran here; this attempt's result will be discarded")
+		default:
+			h.deadline = deadline
+			b.held[id] = h
+		}
+	}
+	b.mu.Unlock()
 }
 
-// every calls fn every interval until Close; it is the body of each
-// background loop.
-func (b *Broker) every(interval time.Duration, fn func()) {
+// every calls fn every interval, and whenever kick has a value, until
+// Close; it is the body of each background loop.
+func (b *Broker) every(interval time.Duration, kick <-chan struct{}, fn func()) {
 	defer b.loops.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -53,14 +75,25 @@ func (b *Broker) every(interval time.Duration, fn func()) {
 		case <-b.stop:
 			return
 		case <-t.C:
-			fn()
+		case <-kick:
 		}
+		fn()
 	}
 }
 
-// maintainLoop promotes due retries and recovers tasks whose lease ran out.
+// kickMaintain asks the maintenance loop to run now.
+func (b *Broker) kickMaintain() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// maintainLoop promotes due retries, trims the finished index, puts back
+// attempts whose dequeue reply was lost, and recovers tasks whose lease
+// ran out.
 func (b *Broker) maintainLoop() {
-	b.every(b.opts.MaintainInterval, func() {
+	b.every(b.opts.MaintainInterval, b.kick, func() {
 		if err := b.maintain(); err != nil && b.ctx.Err() == nil {
 			b.log.WithError(err).Debug("maintenance skipped")
 		}
@@ -70,50 +103,86 @@ func (b *Broker) maintainLoop() {
 func (b *Broker) maintain() error {
 	ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
 	defer cancel()
-	now := b.opts.Now()
-	expired, err := maintainScript.Run(ctx, b.rdb,
-		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
-		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10)).StringSlice()
-	if err != nil {
-		return unavailable(err)
+	if err := b.reclaimLost(ctx); err != nil {
+		return err
 	}
-	for _, member := range expired {
-		if err := b.recover(ctx, member, now); err != nil {
-			b.log.WithError(err).WithField("member", member).Warn("cannot recover a task whose lease expired")
+	now := b.opts.Now()
+	expired, err := b.scripts.maintain.Run(ctx, b.rdb,
+		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake, b.keys.finished},
+		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Retention.Milliseconds()).StringSlice()
+	if err != nil {
+		return classify(err)
+	}
+	for _, raw := range expired {
+		if err := b.recover(ctx, raw, now); err != nil {
+			b.log.WithError(err).WithField("task_id", raw).Warn("cannot recover a task whose lease expired")
 		}
 	}
 	return nil
 }
 
+// reclaimLost puts back the attempts started by dequeue calls whose reply
+// was lost, which no worker runs. It looks through the running set, which
+// only happens after such a loss.
+func (b *Broker) reclaimLost(ctx context.Context) error {
+	b.mu.Lock()
+	prefixes := append([]string(nil), b.lost...)
+	b.mu.Unlock()
+	if len(prefixes) == 0 {
+		return nil
+	}
+	args := []any{b.keys.task, "prefixes"}
+	for _, p := range prefixes {
+		args = append(args, p)
+	}
+	n, err := b.scripts.undo.Run(ctx, b.rdb, []string{b.keys.running, b.keys.ready, b.keys.wake}, args...).Int()
+	if err != nil {
+		return classify(err)
+	}
+	b.mu.Lock()
+	b.lost = b.lost[len(prefixes):]
+	b.mu.Unlock()
+	if n > 0 {
+		b.log.WithField("count", n).Info("put back tasks that Redis started for this instance while its reply was lost")
+	}
+	return nil
+}
+
 // recover fails the attempt of a task whose lease expired, under the
-// retry policy, fenced by the lease it read: if the owner renewed or
-// settled meanwhile, or another instance recovered it first, nothing
-// changes.
-func (b *Broker) recover(ctx context.Context, member string, now time.Time) error {
-	id, err := memberID(member)
+// retry policy, fenced by the token and lease it read: if the owner
+// renewed or settled meanwhile, or another instance recovered it first,
+// nothing changes.
+func (b *Broker) recover(ctx context.Context, rawID string, now time.Time) error {
+	id, err := uuid.Parse(rawID)
 	if err != nil {
-		return b.rdb.ZRem(ctx, b.keys.running, member).Err() // not ours to read
+		return b.rdb.ZRem(ctx, b.keys.running, rawID).Err() // not ours to read
 	}
-	raw, err := b.rdb.Get(ctx, b.keys.task+id.String()).Result()
-	if errors.Is(err, goredis.Nil) {
-		return b.rdb.ZRem(ctx, b.keys.running, member).Err() // the record is gone
-	}
+	vals, err := b.rdb.HMGet(ctx, b.keys.task+rawID, "d", "s").Result()
 	if err != nil {
-		return unavailable(err)
+		return classify(err)
 	}
-	task, err := decodeRecord(id, raw)
-	if err == nil {
-		task, err = runningView(task, member)
+	d, _ := vals[0].(string)
+	s, _ := vals[1].(string)
+	if d == "" || s == "" {
+		return b.rdb.ZRem(ctx, b.keys.running, rawID).Err() // the record is gone
 	}
+	task, st, err := decodeRecord(id, d, s)
 	if err != nil {
 		return err
 	}
+	if task.Status() != domain.StatusRunning {
+		return nil // settled meanwhile; the script would refuse anyway
+	}
 	attempt := task.Attempts()
-	cause := fmt.Sprintf("lease expired: the instance running attempt %d stopped renewing it (it crashed or lost Redis)", attempt)
+	instance := st.Instance
+	if instance == "" {
+		instance = "an unknown instance"
+	}
+	cause := fmt.Sprintf("lease expired: %s stopped renewing attempt %d (it crashed, hung or lost Redis)", instance, attempt)
 	if err := task.Fail(now, cause, b.opts.Policy, b.opts.Random()); err != nil {
 		return err
 	}
-	err = b.settle(ctx, task, lease{member: member, attempt: attempt}, ms(now))
+	err = b.settle(ctx, task, lease{token: st.Token, attempt: attempt}, ms(now), false)
 	if errors.Is(err, domain.ErrStaleAttempt) {
 		return nil // renewed, settled or recovered meanwhile
 	}
@@ -128,13 +197,19 @@ func (b *Broker) recover(ctx context.Context, member string, now time.Time) erro
 	return err
 }
 
-// sweepLoop looks through every task record for tasks that no set holds:
-// a record stored as running without a lease (which this version never
-// writes, but an older one, a manual edit or a bug could), or a pending or
-// retrying task missing from its set. It puts each back, so nothing stays
-// stuck.
+// sweepLoop looks through the task records for tasks that no set holds: a
+// record whose state says running without a lease, or a pending or
+// retrying task missing from its set (which this version never leaves,
+// but a manual edit or a bug could). It puts each back, so nothing stays
+// stuck. Only one instance of those sharing the queue sweeps in each
+// interval: it takes a lock that expires with the interval.
 func (b *Broker) sweepLoop() {
-	b.every(b.opts.SweepInterval, func() {
+	b.every(b.opts.SweepInterval, nil, func() {
+		ok, err := b.rdb.SetNX(b.ctx, b.keys.sweep, b.opts.Instance, b.opts.SweepInterval).Result()
+		if err != nil || !ok {
+			return // another instance sweeps this time, or Redis is away
+		}
+		b.sweeps.Add(1)
 		if n, err := b.sweep(); err != nil && b.ctx.Err() == nil {
 			b.log.WithError(err).Debug("sweep for stuck tasks stopped early")
 		} else if n > 0 {
@@ -143,10 +218,12 @@ func (b *Broker) sweepLoop() {
 	})
 }
 
+// sweep checks every record's state in batches and repairs the ones that
+// are waiting or running but in no set. Finished records cost one HGET.
 func (b *Broker) sweep() (repaired int, err error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.opts.SweepInterval)
 	defer cancel()
-	iter := b.rdb.Scan(ctx, 0, b.keys.task+"*", 1000).Iterator()
+	iter := b.rdb.ScanType(ctx, 0, b.keys.task+"*", 1000, "hash").Iterator()
 	var batch []string
 	for {
 		more := iter.Next(ctx)
@@ -167,34 +244,38 @@ func (b *Broker) sweep() (repaired int, err error) {
 	}
 }
 
-// repairBatch checks one batch of record keys cheaply (one MGET, one
-// ZMSCORE per set) and runs the repair script only on tasks no set holds.
+// repairBatch checks one batch of record keys cheaply (one HGET each, one
+// ZMSCORE per set, pipelined) and runs the repair script only on tasks no
+// set holds.
 func (b *Broker) repairBatch(ctx context.Context, keys []string) (int, error) {
 	ids := make([]string, len(keys))
 	for i, k := range keys {
 		ids[i] = k[len(b.keys.task):]
 	}
 	pipe := b.rdb.Pipeline()
-	vals := pipe.MGet(ctx, keys...)
+	states := make([]*goredis.StringCmd, len(keys))
+	for i, k := range keys {
+		states[i] = pipe.HGet(ctx, k, "s")
+	}
 	inReady := pipe.ZMScore(ctx, b.keys.ready, ids...)
 	inDelayed := pipe.ZMScore(ctx, b.keys.delayed, ids...)
-	if _, err := pipe.Exec(ctx); err != nil {
+	inRunning := pipe.ZMScore(ctx, b.keys.running, ids...)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return 0, err
 	}
 	repaired := 0
-	for i, v := range vals.Val() {
-		raw, ok := v.(string)
-		if !ok || inReady.Val()[i] != 0 || inDelayed.Val()[i] != 0 {
-			continue // gone, or where it belongs (a zero score never occurs)
+	for i := range keys {
+		raw, err := states[i].Result()
+		if err != nil || inReady.Val()[i] != 0 || inDelayed.Val()[i] != 0 || inRunning.Val()[i] != 0 {
+			continue // gone, or where it belongs (no score is ever zero but a repaired lease)
 		}
-		var r record
-		if json.Unmarshal([]byte(raw), &r) != nil || r.Status == domain.StatusSucceeded.String() || r.Status == domain.StatusFailed.String() {
+		var st state
+		if json.Unmarshal([]byte(raw), &st) != nil || st.Status == domain.StatusSucceeded.String() || st.Status == domain.StatusFailed.String() {
 			continue
 		}
-		now := b.opts.Now()
-		n, err := repairScript.Run(ctx, b.rdb,
-			[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake, keys[i]},
-			ids[i], strconv.FormatInt(now.UnixNano(), 10)).Int()
+		n, err := b.scripts.repair.Run(ctx, b.rdb,
+			[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
+			b.keys.task, ids[i]).Int()
 		if err != nil {
 			return repaired, err
 		}

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -15,14 +16,28 @@ type call struct {
 	script *goredis.Script
 	keys   []string
 	args   []any
-	done   chan struct{}
-	val    any
-	err    error
+	// state is callQueued until a pipeline sends the call (callSent) or
+	// its caller gives up first (callAbandoned); an abandoned call is
+	// never sent.
+	state atomic.Int32
+	done  chan struct{}
+	val   any
+	err   error
 }
 
+const (
+	callQueued int32 = iota
+	callSent
+	callAbandoned
+)
+
 // run executes script through the shared pipelines: concurrent callers
-// (submissions, completions) share round trips. Redis errors come back as
-// domain.ErrUnavailable.
+// (submissions, completions, fetches) share round trips. A caller whose
+// ctx ends before its call is sent gets ctx's error and the call never
+// runs; once sent, run waits for its answer (each round trip is bounded),
+// so the caller always learns what happened unless the connection is
+// lost. Redis errors come back as domain.ErrUnavailable, or
+// domain.ErrStorageFull when Redis refuses writes for lack of memory.
 func (b *Broker) run(ctx context.Context, script *goredis.Script, keys []string, args ...any) (any, error) {
 	c := &call{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{})}
 	b.callMu.RLock()
@@ -41,7 +56,11 @@ func (b *Broker) run(ctx context.Context, script *goredis.Script, keys []string,
 	case <-c.done:
 		return c.val, c.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		if c.state.CompareAndSwap(callQueued, callAbandoned) {
+			return nil, ctx.Err()
+		}
+		<-c.done
+		return c.val, c.err
 	}
 }
 
@@ -78,22 +97,31 @@ func (b *Broker) pipeline() {
 }
 
 func (b *Broker) exec(batch []*call) {
+	live := batch[:0]
+	for _, c := range batch {
+		if c.state.CompareAndSwap(callQueued, callSent) {
+			live = append(live, c)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	pipe := b.rdb.Pipeline()
-	cmds := make([]*goredis.Cmd, len(batch))
-	for i, c := range batch {
+	cmds := make([]*goredis.Cmd, len(live))
+	for i, c := range live {
 		cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
 	}
 	_, _ = pipe.Exec(ctx)
-	for i, c := range batch {
+	for i, c := range live {
 		val, err := cmds[i].Result()
 		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 			// Redis lost its script cache (a restart): Run loads it again.
 			val, err = c.script.Run(ctx, b.rdb, c.keys, c.args...).Result()
 		}
 		if err != nil {
-			err = unavailable(err)
+			err = classify(err)
 		}
 		c.val, c.err = val, err
 		close(c.done)

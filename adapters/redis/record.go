@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -12,103 +11,144 @@ import (
 	"github.com/taskqueue/taskqueue/domain"
 )
 
-// record is how a task is stored: one compact JSON string per task. The
-// scripts read and rewrite it with cjson, so every number that may pass 14
-// significant digits (times, scores) is kept as a decimal string.
-type record struct {
+// A task is stored as one hash, {PREFIX}:t:<id>, with two fields, so that
+// `HGETALL` answers "where is this task" and every read is O(1):
+//
+//   - d, what was submitted, written once: {"t": type, "mr": max retries,
+//     "c": created (Unix ns), "p": the payload exactly as submitted}.
+//   - s, the state, rewritten on every move (by Go, or by the scripts with
+//     cjson): priority, status, attempts, retries used, last error and
+//     times; while an attempt runs also its lease token (k), lease
+//     deadline (l, Unix ms), instance (i) and place in the ready set (q).
+//
+// Numbers that may pass 14 significant digits (times, scores) are decimal
+// strings, because cjson keeps only 14.
+
+// data is the d field without its payload, which is appended raw so the
+// bytes a client submitted are the bytes it reads back.
+type data struct {
 	Type       string `json:"t"`
-	Payload    string `json:"p"`
-	Priority   int    `json:"pr"`
 	MaxRetries int    `json:"mr"`
-	Status     string `json:"s"`
-	Attempts   int    `json:"a"`
-	Retries    int    `json:"r,omitempty"` // retries used
-	LastError  string `json:"e,omitempty"`
 	Created    string `json:"c"`
-	Updated    string `json:"u"`
-	Started    string `json:"st,omitempty"`
-	Finished   string `json:"f,omitempty"`
-	Next       string `json:"n,omitempty"`
+	// PayloadString holds a payload that is not valid JSON (only Go code
+	// can make one), instead of p.
+	PayloadString *string `json:"ps,omitempty"`
 }
 
-func encodeRecord(t *domain.Task) (string, error) {
+// dataRead is data as decoded, with the raw payload.
+type dataRead struct {
+	data
+	Payload json.RawMessage `json:"p"`
+}
+
+// state is the s field. The scripts set the running fields when an
+// attempt starts (keeping ps and pu to undo a start nobody ran) and
+// renew l; Go writes the rest. Token stays after its owner records the
+// outcome, which tells a settle retried after a lost reply that it
+// already landed.
+type state struct {
+	Priority    int    `json:"pr"`
+	Status      string `json:"s"`
+	Attempts    int    `json:"a"`
+	Retries     int    `json:"r,omitempty"` // retries used
+	LastError   string `json:"e,omitempty"`
+	Updated     string `json:"u"`
+	Started     string `json:"st,omitempty"`
+	Finished    string `json:"f,omitempty"`
+	Next        string `json:"n,omitempty"`
+	Token       string `json:"k,omitempty"`
+	Lease       string `json:"l,omitempty"`
+	Instance    string `json:"i,omitempty"`
+	Score       string `json:"q,omitempty"`
+	PrevStarted string `json:"ps,omitempty"`
+	PrevUpdated string `json:"pu,omitempty"`
+}
+
+// encodeData returns the d field of t.
+func encodeData(t *domain.Task) (string, error) {
+	d := data{Type: t.Type(), MaxRetries: t.MaxRetries(), Created: nanos(t.CreatedAt())}
+	payload := t.Payload()
+	raw := len(payload) > 0 && json.Valid(payload)
+	if len(payload) > 0 && !raw {
+		s := string(payload)
+		d.PayloadString = &s
+	}
+	head, err := json.Marshal(d)
+	if err != nil {
+		return "", err
+	}
+	if !raw {
+		return string(head), nil
+	}
+	out := make([]byte, 0, len(head)+len(payload)+6)
+	out = append(out, head[:len(head)-1]...)
+	out = append(out, `,"p":`...)
+	out = append(out, payload...)
+	out = append(out, '}')
+	return string(out), nil
+}
+
+// encodeState returns the s field of t as it is between attempts, with
+// token kept when the attempt's owner writes it.
+func encodeState(t *domain.Task, token string) (string, error) {
 	s := t.Snapshot()
-	b, err := json.Marshal(record{
-		Type:       s.Type,
-		Payload:    string(s.Payload),
-		Priority:   s.Priority,
-		MaxRetries: s.MaxRetries,
-		Status:     s.Status.String(),
-		Attempts:   s.Attempts,
-		Retries:    s.RetriesUsed,
-		LastError:  s.LastError,
-		Created:    nanos(s.CreatedAt),
-		Updated:    nanos(s.UpdatedAt),
-		Started:    nanos(s.StartedAt),
-		Finished:   nanos(s.FinishedAt),
-		Next:       nanos(s.NextAttemptAt),
+	b, err := json.Marshal(state{
+		Priority:  s.Priority,
+		Status:    s.Status.String(),
+		Attempts:  s.Attempts,
+		Retries:   s.RetriesUsed,
+		LastError: s.LastError,
+		Updated:   nanos(s.UpdatedAt),
+		Started:   nanos(s.StartedAt),
+		Finished:  nanos(s.FinishedAt),
+		Next:      nanos(s.NextAttemptAt),
+		Token:     token,
 	})
 	return string(b), err
 }
 
-// decodeRecord rebuilds the task with the given id from its stored record.
-func decodeRecord(id uuid.UUID, raw string) (*domain.Task, error) {
-	var r record
-	if err := json.Unmarshal([]byte(raw), &r); err != nil {
-		return nil, fmt.Errorf("task %s: corrupt record: %w", id, err)
+// decodeRecord rebuilds the task with the given id from its stored fields,
+// and returns its state too (for the lease fields).
+func decodeRecord(id uuid.UUID, rawData, rawState string) (*domain.Task, state, error) {
+	var d dataRead
+	var s state
+	if err := json.Unmarshal([]byte(rawData), &d); err != nil {
+		return nil, s, fmt.Errorf("task %s: corrupt record: %w", id, err)
 	}
-	status, err := domain.ParseStatus(r.Status)
+	if err := json.Unmarshal([]byte(rawState), &s); err != nil {
+		return nil, s, fmt.Errorf("task %s: corrupt state: %w", id, err)
+	}
+	status, err := domain.ParseStatus(s.Status)
 	if err != nil {
-		return nil, fmt.Errorf("task %s: %w", id, err)
+		return nil, s, fmt.Errorf("task %s: %w", id, err)
 	}
 	var payload []byte
-	if r.Payload != "" {
-		payload = []byte(r.Payload)
+	switch {
+	case d.PayloadString != nil:
+		payload = []byte(*d.PayloadString)
+	case len(d.Payload) > 0:
+		payload = d.Payload
 	}
 	t, err := domain.RehydrateTask(domain.TaskSnapshot{
 		ID:            id,
-		Type:          r.Type,
+		Type:          d.Type,
 		Payload:       payload,
-		Priority:      r.Priority,
-		MaxRetries:    r.MaxRetries,
+		Priority:      s.Priority,
+		MaxRetries:    d.MaxRetries,
 		Status:        status,
-		Attempts:      r.Attempts,
-		RetriesUsed:   r.Retries,
-		LastError:     r.LastError,
-		CreatedAt:     fromNanos(r.Created),
-		UpdatedAt:     fromNanos(r.Updated),
-		StartedAt:     fromNanos(r.Started),
-		FinishedAt:    fromNanos(r.Finished),
-		NextAttemptAt: fromNanos(r.Next),
+		Attempts:      s.Attempts,
+		RetriesUsed:   s.Retries,
+		LastError:     s.LastError,
+		CreatedAt:     fromNanos(d.Created),
+		UpdatedAt:     fromNanos(s.Updated),
+		StartedAt:     fromNanos(s.Started),
+		FinishedAt:    fromNanos(s.Finished),
+		NextAttemptAt: fromNanos(s.Next),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("task %s: %w", id, err)
+		return nil, s, fmt.Errorf("task %s: %w", id, err)
 	}
-	return t, nil
-}
-
-// runningView is the task as it stands while the attempt of the given
-// running member runs: the stored record plus that attempt, started at the
-// time the member's token ends with. A record already stored as running
-// (an older writer) is taken as it is.
-func runningView(t *domain.Task, member string) (*domain.Task, error) {
-	if t.Status() == domain.StatusRunning {
-		return t, nil
-	}
-	i := strings.LastIndexByte(member, ':')
-	if i < 0 {
-		return nil, fmt.Errorf("task %s: malformed running member %q", t.ID(), member)
-	}
-	if err := t.Start(fromNanos(member[i+1:])); err != nil {
-		return nil, fmt.Errorf("task %s: %w", t.ID(), err)
-	}
-	return t, nil
-}
-
-// memberID returns the task id a running member belongs to.
-func memberID(member string) (uuid.UUID, error) {
-	id, _, _ := strings.Cut(member, "|")
-	return uuid.Parse(id)
+	return t, s, nil
 }
 
 func nanos(t time.Time) string {
@@ -124,4 +164,12 @@ func fromNanos(s string) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n).UTC()
+}
+
+func fromMillis(s string) time.Time {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || s == "" {
+		return time.Time{}
+	}
+	return time.UnixMilli(n)
 }
