@@ -3,25 +3,38 @@ package handlers
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
+	"syscall"
+	"unicode/utf8"
 
 	"github.com/taskqueue/taskqueue/domain"
 	"github.com/taskqueue/taskqueue/ports"
 )
 
-// Webhook runs an attempt by POSTing the task to a URL. A 2xx reply is
-// success; anything else, a connection error or a timeout is a failure.
-// Redirects are not followed, so a payload only goes where the operator
-// pointed it.
+// ErrorBodyBytes is how much of a failing webhook's response body goes
+// into the attempt's error: handlers explain themselves there.
+const ErrorBodyBytes = 512
+
+// Webhook runs an attempt by POSTing the task to a URL. The attempt
+// succeeds only if a 2xx status and the whole response body arrive within
+// the attempt's deadline; anything else fails it. Errors name the task
+// type and what went wrong, never the URL (it may name internal hosts and
+// carry secrets in its query). Redirects are not followed, so a payload
+// only goes where the operator pointed it.
 type Webhook struct {
-	url    string
-	client *http.Client
+	taskType string
+	url      string
+	client   *http.Client
 }
 
 var _ ports.Handler = (*Webhook)(nil)
@@ -33,17 +46,35 @@ type webhookBody struct {
 	Attempt int             `json:"attempt"`
 }
 
-// NewWebhook returns a handler posting to rawURL, which must be an
-// absolute http or https URL. client may be nil for NewHTTPClient(0).
-func NewWebhook(rawURL string, client *http.Client) (*Webhook, error) {
+// NewWebhook returns a handler for tasks of taskType posting to rawURL,
+// which must be an absolute http or https URL. client may be nil for
+// NewHTTPClient(0). Its error shows the URL redacted.
+func NewWebhook(taskType, rawURL string, client *http.Client) (*Webhook, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("webhook URL %q must be an absolute http:// or https:// URL", rawURL)
+		return nil, fmt.Errorf("webhook URL %q must be an absolute http:// or https:// URL", RedactURL(rawURL))
 	}
 	if client == nil {
 		client = NewHTTPClient(0)
 	}
-	return &Webhook{url: u.String(), client: client}, nil
+	return &Webhook{taskType: taskType, url: u.String(), client: client}, nil
+}
+
+// RedactURL returns rawURL fit for a log line: its password and the
+// values of its query replaced by "xxxxx". An unparsable URL gives a
+// placeholder.
+func RedactURL(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if q := u.Query(); len(q) > 0 {
+		for k := range q {
+			q[k] = []string{"xxxxx"}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
 }
 
 // NewHTTPClient returns a client for webhooks that keeps up to
@@ -69,27 +100,100 @@ func (w *Webhook) Handle(ctx context.Context, task *domain.Task) error {
 	}
 	body, err := json.Marshal(webhookBody{ID: task.ID().String(), Type: task.Type(), Payload: payload, Attempt: task.Attempts()})
 	if err != nil {
-		return fmt.Errorf("encode webhook body: %w", err)
+		return fmt.Errorf("webhook for type %q: encode body: %w", w.taskType, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("build webhook request: %w", err)
+		return fmt.Errorf("webhook for type %q: build request: %s", w.taskType, reason(err))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Task-Id", task.ID().String())
 	req.Header.Set("X-Task-Attempt", strconv.Itoa(task.Attempts()))
 	resp, err := w.client.Do(req)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("webhook timed out: %w", err)
-		}
-		return fmt.Errorf("webhook request failed: %w", err)
+		return fmt.Errorf("webhook for type %q unreachable: %s", w.taskType, reason(err))
 	}
-	// Drain a little so the connection can be reused, then close.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	_ = resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("webhook returned %d", resp.StatusCode)
+	defer resp.Body.Close()
+	// Read the whole body under the attempt's deadline: a reply is only a
+	// success once it has fully arrived. Keep the start for the error.
+	head := make([]byte, 0, ErrorBodyBytes)
+	_, err = io.Copy(io.Discard, &capture{r: resp.Body, head: &head})
+	ok := resp.StatusCode >= 200 && resp.StatusCode <= 299
+	switch {
+	case err != nil:
+		return fmt.Errorf("webhook for type %q returned %d but its response body did not arrive whole: %s", w.taskType, resp.StatusCode, reason(err))
+	case !ok && len(head) > 0:
+		return fmt.Errorf("webhook for type %q returned %d: %s", w.taskType, resp.StatusCode, printable(head))
+	case !ok:
+		return fmt.Errorf("webhook for type %q returned %d", w.taskType, resp.StatusCode)
 	}
 	return nil
+}
+
+// capture passes r through, keeping its first bytes in head (up to cap).
+type capture struct {
+	r    io.Reader
+	head *[]byte
+}
+
+func (c *capture) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if room := cap(*c.head) - len(*c.head); room > 0 {
+		*c.head = append(*c.head, p[:min(n, room)]...)
+	}
+	return n, err
+}
+
+// printable returns b as text for an error message: invalid UTF-8 (or a
+// character cut at the end) replaced.
+func printable(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	return string(bytes.ToValidUTF8(b, []byte("\uFFFD")))
+}
+
+// reason says what went wrong with a webhook call in words that name no
+// host, port or URL.
+func reason(err error) string {
+	var dns *net.DNSError
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var record tls.RecordHeaderError
+	var alert tls.AlertError
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timed out"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	case errors.As(err, &dns) && dns.IsNotFound:
+		return "host not found"
+	case errors.As(err, &dns):
+		return "DNS lookup failed"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset by the server"
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return "host unreachable"
+	case errors.Is(err, syscall.ENETUNREACH):
+		return "network unreachable"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before the whole response arrived (unexpected EOF)"
+	case errors.Is(err, io.EOF):
+		return "connection closed by the server before it answered"
+	case errors.As(err, &unknownCA):
+		return "TLS: certificate signed by an unknown authority"
+	case errors.As(err, &hostname):
+		return "TLS: certificate is not valid for the host"
+	case errors.As(err, &invalid):
+		return "TLS: certificate is not valid"
+	case errors.As(err, &record), errors.As(err, &alert):
+		return "TLS handshake failed"
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return "timed out"
+	}
+	return "request failed"
 }

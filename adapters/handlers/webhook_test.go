@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -28,7 +29,7 @@ func runningTask(t *testing.T) *domain.Task {
 }
 
 func webhook(t *testing.T, url string) *handlers.Webhook {
-	w, err := handlers.NewWebhook(url, nil)
+	w, err := handlers.NewWebhook("resize", url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,9 +71,9 @@ func TestWebhookFailures(t *testing.T) {
 		status int
 		want   string
 	}{
-		{"server error", 500, "webhook returned 500"},
-		{"client error", 404, "webhook returned 404"},
-		{"redirect not followed", 302, "webhook returned 302"},
+		{"server error", 500, `webhook for type "resize" returned 500`},
+		{"client error", 404, `webhook for type "resize" returned 404`},
+		{"redirect not followed", 302, `webhook for type "resize" returned 302`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var followed bool
@@ -80,8 +81,7 @@ func TestWebhookFailures(t *testing.T) {
 			defer target.Close()
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if tc.status == 302 {
-					http.Redirect(w, r, target.URL, http.StatusFound)
-					return
+					w.Header().Set("Location", target.URL)
 				}
 				w.WriteHeader(tc.status)
 			}))
@@ -101,8 +101,8 @@ func TestWebhookConnectionError(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close() // nothing listens there now
-	err := webhook(t, "http://"+addr).Handle(context.Background(), runningTask(t))
-	if err == nil || !strings.Contains(err.Error(), "webhook request failed") {
+	err := webhook(t, "http://"+addr+"/hook?token=abc123").Handle(context.Background(), runningTask(t))
+	if err == nil || err.Error() != `webhook for type "resize" unreachable: connection refused` {
 		t.Fatalf("error %v", err)
 	}
 }
@@ -115,26 +115,96 @@ func TestWebhookTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	err := webhook(t, srv.URL).Handle(ctx, runningTask(t))
-	if err == nil || !strings.Contains(err.Error(), "webhook timed out") {
+	if err == nil || err.Error() != `webhook for type "resize" unreachable: timed out` {
 		t.Fatalf("error %v", err)
 	}
 }
 
 func TestNewWebhookValidatesURL(t *testing.T) {
 	for _, u := range []string{"", "localhost:80", "ftp://x/y", "/relative", "http://"} {
-		if _, err := handlers.NewWebhook(u, nil); err == nil {
+		if _, err := handlers.NewWebhook("t", u, nil); err == nil {
 			t.Errorf("%q accepted", u)
 		}
 	}
 }
 
-func TestExampleLogsPayload(t *testing.T) {
+// The example handler logs the payload's size and keys, never its values
+// (the Quick start's handler must not copy secrets into the log).
+func TestExampleLogsPayloadShapeNotValues(t *testing.T) {
 	log, hook := test.NewNullLogger()
-	task := runningTask(t)
+	p, _ := domain.ParsePriority(0)
+	task, _ := domain.NewTask(uuid.Must(uuid.NewV7()), "example_task", []byte(`{"password":"hunter2","user":"ann"}`), p, 0, time.Now())
+	_ = task.Start(time.Now())
 	if err := handlers.NewExample(log).Handle(context.Background(), task); err != nil {
 		t.Fatal(err)
 	}
-	if e := hook.LastEntry(); e == nil || e.Data["payload"] != `{"w":10}` || e.Data["task_id"] != task.ID() {
+	e := hook.LastEntry()
+	if e == nil || e.Data["payload_bytes"] != 35 || fmt.Sprint(e.Data["payload_keys"]) != "[password user]" || e.Data["task_id"] != task.ID() {
 		t.Fatalf("log %+v", e)
+	}
+	if line, _ := e.String(); strings.Contains(line, "hunter2") || strings.Contains(line, "ann") {
+		t.Fatalf("a payload value reached the log: %s", line)
+	}
+}
+
+// A 2xx status line is not enough: the whole body must arrive within the
+// deadline, or the attempt fails saying why.
+func TestWebhookNeedsTheWholeResponseInTime(t *testing.T) {
+	release := make(chan struct{})
+	stalled := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte("partial"))
+		w.(http.Flusher).Flush()
+		<-release // the rest never comes
+	}))
+	defer stalled.Close()
+	defer close(release)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := webhook(t, stalled.URL).Handle(ctx, runningTask(t))
+	if err == nil || !strings.Contains(err.Error(), "returned 200 but its response body did not arrive whole: timed out") {
+		t.Fatalf("stalled body: %v", err)
+	}
+
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 4096)
+		_, _ = c.Read(buf)
+		_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n7 bytes"))
+		_ = c.Close()
+	}()
+	err = webhook(t, "http://"+l.Addr().String()).Handle(context.Background(), runningTask(t))
+	if err == nil || !strings.Contains(err.Error(), "did not arrive whole") || !strings.Contains(err.Error(), "unexpected EOF") {
+		t.Fatalf("truncated body: %v", err)
+	}
+}
+
+// A failing webhook explains itself in last_error: the first 512 bytes of
+// its body; the URL (hosts, ports, query secrets) never appears.
+func TestWebhookErrorCarriesBodyNotURL(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(500)
+		_, _ = w.Write([]byte("disk full: cannot write /var/img" + strings.Repeat("x", 2000)))
+	}))
+	defer srv.Close()
+	err := webhook(t, srv.URL+"/resize?token=abc123").Handle(context.Background(), runningTask(t))
+	want := `webhook for type "resize" returned 500: disk full: cannot write /var/img`
+	if err == nil || !strings.HasPrefix(err.Error(), want) || len(err.Error()) != len(`webhook for type "resize" returned 500: `)+handlers.ErrorBodyBytes {
+		t.Fatalf("error %.120q (%d bytes)", err, len(err.Error()))
+	}
+	if strings.Contains(err.Error(), "abc123") || strings.Contains(err.Error(), "127.0.0.1") {
+		t.Fatalf("error shows the URL: %v", err)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	got := handlers.RedactURL("https://user:pw@imgsvc:9000/resize?token=abc123&x=1")
+	if strings.Contains(got, "pw") || strings.Contains(got, "abc123") || !strings.Contains(got, "imgsvc:9000/resize") || !strings.Contains(got, "token=xxxxx") {
+		t.Fatalf("RedactURL = %s", got)
 	}
 }
