@@ -3,10 +3,13 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
@@ -19,12 +22,16 @@ import (
 // DefaultMaxBodyBytes is the default limit on a request body: 1 MiB.
 const DefaultMaxBodyBytes = 1 << 20
 
+// readyTimeout bounds the broker check behind /readyz.
+const readyTimeout = 2 * time.Second
+
 // API serves the task queue's REST endpoints.
 type API struct {
 	svc          ports.TaskService
 	maxBodyBytes int64
-	healthy      func() bool
+	inflight     *byteBudget
 	log          logrus.FieldLogger
+	warn         *limitedLog
 	router       *mux.Router
 }
 
@@ -32,8 +39,11 @@ type API struct {
 type Options struct {
 	// MaxBodyBytes limits request bodies; larger ones get 413.
 	MaxBodyBytes int64
-	// Healthy reports whether /healthz answers 200; nil means always.
-	Healthy func() bool
+	// MaxInflightBodyBytes bounds the request bodies being read and
+	// decoded at once (each counted as its Content-Length, or
+	// MaxBodyBytes when unknown); past it a submission gets 503 with
+	// Retry-After. Defaults to 32 × MaxBodyBytes.
+	MaxInflightBodyBytes int64
 }
 
 // New returns the API's handler with every route registered.
@@ -41,29 +51,50 @@ func New(svc ports.TaskService, opts Options, log logrus.FieldLogger) *API {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
-	if opts.Healthy == nil {
-		opts.Healthy = func() bool { return true }
+	if opts.MaxInflightBodyBytes <= 0 {
+		opts.MaxInflightBodyBytes = 32 * opts.MaxBodyBytes
 	}
-	a := &API{svc: svc, maxBodyBytes: opts.MaxBodyBytes, healthy: opts.Healthy, log: log, router: mux.NewRouter()}
+	a := &API{svc: svc, maxBodyBytes: opts.MaxBodyBytes, inflight: &byteBudget{limit: opts.MaxInflightBodyBytes}, log: log, warn: newLimitedLog(log, 5*time.Second, time.Now), router: mux.NewRouter()}
 	a.routes()
 	return a
 }
 
-// routes is the one place every endpoint is declared.
+// routes is the one place every endpoint is declared. Every GET route also
+// answers HEAD (the same headers, no body), as probes and load balancers
+// expect.
 func (a *API) routes() {
+	// Paths are matched as sent: the router's own answer to a path with
+	// "..", "//" or the like would be an empty 301.
+	a.router.SkipClean(true)
 	a.router.HandleFunc("/task", a.submit).Methods(http.MethodPost)
-	a.router.HandleFunc("/task/{id}", a.get).Methods(http.MethodGet)
-	a.router.HandleFunc("/healthz", a.health).Methods(http.MethodGet)
+	a.router.HandleFunc("/task/{id}", a.get).Methods(http.MethodGet, http.MethodHead)
+	a.router.HandleFunc("/healthz", a.health).Methods(http.MethodGet, http.MethodHead)
+	a.router.HandleFunc("/readyz", a.ready).Methods(http.MethodGet, http.MethodHead)
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a.fail(w, r, &requestError{status: http.StatusNotFound, msg: "no such endpoint: " + r.URL.Path})
+		a.fail(w, r, &requestError{status: http.StatusNotFound, msg: "no such endpoint: " + quoted(r.URL.Path)})
 	})
 	a.router.MethodNotAllowedHandler = http.HandlerFunc(a.methodNotAllowed)
 }
 
 // ServeHTTP makes the API an http.Handler.
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.router.ServeHTTP(w, r) }
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		a.fail(w, r, badRequest("method CONNECT is not supported: this is not a proxy"))
+		return
+	}
+	a.router.ServeHTTP(w, r)
+}
 
 func (a *API) submit(w http.ResponseWriter, r *http.Request) {
+	size := a.maxBodyBytes
+	if r.ContentLength >= 0 && r.ContentLength < size {
+		size = r.ContentLength
+	}
+	if !a.inflight.take(size) {
+		a.fail(w, r, errBusy)
+		return
+	}
+	defer a.inflight.give(size)
 	body, err := readBody(w, r, a.maxBodyBytes)
 	if err != nil {
 		a.fail(w, r, err)
@@ -88,7 +119,7 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) {
 	raw := mux.Vars(r)["id"]
 	id, err := uuid.Parse(raw)
 	if err != nil {
-		a.fail(w, r, badRequest("id: %q is not a valid task id (expected a UUID)", truncate(raw, 64)))
+		a.fail(w, r, badRequest("id: %s is not a valid task id (expected a UUID)", quoted(raw)))
 		return
 	}
 	task, err := a.svc.Get(r.Context(), id)
@@ -99,17 +130,36 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, toTaskResponse(task))
 }
 
+// health is liveness: 200 while the process can answer at all.
 func (a *API) health(w http.ResponseWriter, _ *http.Request) {
-	if !a.healthy() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting down"})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// ready is readiness: 200 when this instance can take and store tasks, 503
+// with the reason otherwise (draining, broker unreachable).
+func (a *API) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+	defer cancel()
+	if err := a.svc.Ready(ctx); err != nil {
+		reason := "broker is unavailable"
+		switch {
+		case errors.Is(err, domain.ErrShuttingDown):
+			reason = "shutting down"
+		case errors.Is(err, domain.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+			a.warn.log("ready", logrus.Fields{"error": err.Error()}, "not ready: the broker cannot be reached")
+		default:
+			a.log.WithError(err).Error("readiness check failed")
+			reason = "internal error"
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 func (a *API) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 	var allowed []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		probe := r.Clone(r.Context())
 		probe.Method = m
 		var match mux.RouteMatch
@@ -118,17 +168,25 @@ func (a *API) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.Header().Set("Allow", strings.Join(allowed, ", "))
-	a.fail(w, r, &requestError{status: http.StatusMethodNotAllowed, msg: "method " + r.Method + " is not allowed on " + r.URL.Path + "; allowed: " + strings.Join(allowed, ", ")})
+	a.fail(w, r, &requestError{status: http.StatusMethodNotAllowed,
+		msg: "method " + quoted(r.Method) + " is not allowed on " + quoted(r.URL.Path) + "; allowed: " + strings.Join(allowed, ", ")})
 }
 
+// statusClientGone is logged (never sent) when the client went away
+// before its answer was ready: nginx's 499.
+const statusClientGone = 499
+
 // fail is the one place errors become responses: it picks the status with
-// errors.Is/As, logs client errors at info and internal ones at error,
-// and never shows internal details to the client.
+// errors.Is/As and never shows internal details to the client. Client
+// errors log at debug (a polling client cannot flood the log); a broker
+// that is away or full, or a full queue, logs a warning with its cause at
+// most once per interval; internal errors log at error.
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := http.StatusInternalServerError, "internal error"
 	var reqErr *requestError
 	var validation *domain.ValidationError
 	var unknownType *domain.UnknownTypeError
+	warnKey := ""
 	switch {
 	case errors.As(err, &reqErr):
 		status, msg = reqErr.status, reqErr.msg
@@ -139,24 +197,51 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, domain.ErrTaskNotFound):
 		status, msg = http.StatusNotFound, "task not found"
 	case errors.Is(err, domain.ErrQueueFull):
-		status, msg = http.StatusServiceUnavailable, "queue is full: too many pending tasks, retry later"
+		status, msg, warnKey = http.StatusServiceUnavailable, "queue is full: too many tasks waiting to run, retry later", "queue full"
+		w.Header().Set("Retry-After", "1")
+	case errors.Is(err, domain.ErrStorageFull):
+		status, msg, warnKey = http.StatusServiceUnavailable, "broker storage is full: retry later", "storage full"
+		w.Header().Set("Retry-After", "1")
+	case errors.Is(err, errBusy):
+		status, msg, warnKey = http.StatusServiceUnavailable, "too many request bodies in flight: retry later", "busy"
+		w.Header().Set("Retry-After", "1")
+	case errors.Is(err, errBusy):
+		status, msg, warnKey = http.StatusServiceUnavailable, "too many request bodies in flight: retry later", "busy"
 		w.Header().Set("Retry-After", "1")
 	case errors.Is(err, domain.ErrShuttingDown):
 		status, msg = http.StatusServiceUnavailable, "service is shutting down: submit to another instance or retry later"
 		w.Header().Set("Retry-After", "1")
 	case errors.Is(err, domain.ErrUnavailable):
-		status, msg = http.StatusServiceUnavailable, "broker is unavailable: retry later"
+		status, msg, warnKey = http.StatusServiceUnavailable, "broker is unavailable: retry later", "unavailable"
 		if r.Method == http.MethodPost {
 			w.Header().Set("Retry-After", "1")
 		}
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		a.entry(r, statusClientGone).WithField("error", err.Error()).Debug("client went away before its answer was ready")
+		return
 	}
-	entry := a.log.WithFields(logrus.Fields{"method": r.Method, "path": r.URL.Path, "status": status, "remote": r.RemoteAddr})
-	if status == http.StatusInternalServerError {
-		entry.WithError(err).Error("request failed")
-	} else {
-		entry.WithField("error", msg).Info("request rejected")
+	switch {
+	case status == http.StatusInternalServerError:
+		a.entry(r, status).WithError(err).Error("request failed")
+	case warnKey != "":
+		fields := requestFields(r, status)
+		fields["error"] = err.Error()
+		a.warn.log(warnKey, fields, "refusing requests: "+warnKey)
+	default:
+		a.entry(r, status).WithField("error", msg).Debug("request rejected")
 	}
 	writeJSON(w, status, errorResponse{Error: msg})
+}
+
+// entry is a log entry for r; see requestFields.
+func (a *API) entry(r *http.Request, status int) logrus.FieldLogger {
+	return a.log.WithFields(requestFields(r, status))
+}
+
+// requestFields describes r for a log line, with anything echoed from the
+// request cut short.
+func requestFields(r *http.Request, status int) logrus.Fields {
+	return logrus.Fields{"method": truncate(r.Method, 16), "path": truncate(r.URL.Path, 64), "status": status, "remote": r.RemoteAddr}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -164,3 +249,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// quoted echoes a client's string in a message: cut to 64 characters and
+// quoted.
+func quoted(s string) string { return strconv.Quote(truncate(s, 64)) }

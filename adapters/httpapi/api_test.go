@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,14 +32,14 @@ type sut struct {
 	svc     *mocks.MockTaskService
 	handler http.Handler
 	logs    *test.Hook
-	healthy bool
 }
 
 func newSUT(t *testing.T) *sut {
 	ctrl := gomock.NewController(t)
 	log, hook := test.NewNullLogger()
-	s := &sut{svc: mocks.NewMockTaskService(ctrl), logs: hook, healthy: true}
-	s.handler = httpapi.New(s.svc, httpapi.Options{MaxBodyBytes: 256, Healthy: func() bool { return s.healthy }}, log)
+	log.SetLevel(logrus.DebugLevel)
+	s := &sut{svc: mocks.NewMockTaskService(ctrl), logs: hook}
+	s.handler = httpapi.New(s.svc, httpapi.Options{MaxBodyBytes: 256}, log)
 	return s
 }
 
@@ -237,19 +238,164 @@ func TestRouting(t *testing.T) {
 	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"ok"`) {
 		t.Fatalf("healthz: %d %s", rec.Code, rec.Body)
 	}
-	s.healthy = false
-	if rec := s.do("GET", "/healthz", ""); rec.Code != 503 {
-		t.Fatalf("healthz while stopping: %d", rec.Code)
-	}
 	rec = s.do("DELETE", "/task", "")
 	errorOf(t, rec, 405)
 	if rec.Header().Get("Allow") != "POST" {
 		t.Fatalf("Allow %q", rec.Header().Get("Allow"))
 	}
-	errorOf(t, s.do("POST", "/task/"+id.String(), ""), 405)
+	rec = s.do("POST", "/task/"+id.String(), "")
+	errorOf(t, rec, 405)
+	if rec.Header().Get("Allow") != "GET, HEAD" {
+		t.Fatalf("Allow %q", rec.Header().Get("Allow"))
+	}
 	errorOf(t, s.do("POST", "/healthz", ""), 405)
 	errorOf(t, s.do("GET", "/nope", ""), 404)
 	errorOf(t, s.do("GET", "/task", ""), 405)
+}
+
+// HEAD is served wherever GET is (probes and load balancers use it), with
+// the same status and headers and no body.
+func TestHeadWhereverGet(t *testing.T) {
+	s := newSUT(t)
+	for _, path := range []string{"/healthz", "/readyz", "/task/" + id.String()} {
+		switch path {
+		case "/readyz":
+			s.svc.EXPECT().Ready(gomock.Any()).Return(nil)
+		case "/task/" + id.String():
+			s.svc.EXPECT().Get(gomock.Any(), id).Return(pendingTask(t), nil)
+		}
+		rec := s.do("HEAD", path, "")
+		if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json" {
+			t.Errorf("HEAD %s: %d %v", path, rec.Code, rec.Header())
+		}
+	}
+}
+
+// /healthz is liveness (200 while the process answers, draining or not);
+// /readyz says whether this instance can take and store tasks.
+func TestReadiness(t *testing.T) {
+	s := newSUT(t)
+	s.svc.EXPECT().Ready(gomock.Any()).Return(nil)
+	if rec := s.do("GET", "/readyz", ""); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"ready"`) {
+		t.Fatalf("ready: %d %s", rec.Code, rec.Body)
+	}
+	for _, tc := range []struct {
+		err    error
+		reason string
+	}{
+		{domain.ErrShuttingDown, "shutting down"},
+		{fmt.Errorf("%w: dial tcp: connection refused", domain.ErrUnavailable), "broker is unavailable"},
+	} {
+		s.svc.EXPECT().Ready(gomock.Any()).Return(tc.err)
+		rec := s.do("GET", "/readyz", "")
+		var body map[string]string
+		_ = json.Unmarshal(rec.Body.Bytes(), &body)
+		if rec.Code != 503 || body["status"] != "not ready" || body["reason"] != tc.reason {
+			t.Fatalf("%v: %d %s", tc.err, rec.Code, rec.Body)
+		}
+		if rec := s.do("GET", "/healthz", ""); rec.Code != 200 {
+			t.Fatalf("healthz while not ready: %d", rec.Code)
+		}
+	}
+}
+
+// The router's own answers are JSON too: no empty 301 for a path with
+// "..", none for CONNECT.
+func TestOddRequestsGetJSON(t *testing.T) {
+	s := newSUT(t)
+	errorOf(t, s.do("GET", "/task/../healthz", ""), 404)
+	errorOf(t, s.do("GET", "//healthz", ""), 404)
+	req := httptest.NewRequest("CONNECT", "/", nil)
+	req.URL.Path, req.Host = "", "example.com:443"
+	rec := httptest.NewRecorder()
+	s.handler.ServeHTTP(rec, req)
+	if msg := errorOf(t, rec, 400); !strings.Contains(msg, "CONNECT") {
+		t.Fatal(msg)
+	}
+}
+
+// Echoed input is cut short, in the body and in the log: a huge method,
+// path or list of unknown keys costs a short line.
+func TestEchoedInputIsTruncated(t *testing.T) {
+	s := newSUT(t)
+	var body strings.Builder
+	body.WriteString(`{"type":"x"`)
+	for i := 0; i < 20000; i++ {
+		fmt.Fprintf(&body, `,"k%d":1`, i)
+	}
+	body.WriteString("}")
+	quiet, _ := test.NewNullLogger()
+	s.handler = httpapi.New(s.svc, httpapi.Options{MaxBodyBytes: 1 << 20}, quiet)
+	msg := errorOf(t, s.do("POST", "/task", body.String()), 400)
+	if len(msg) > 300 || !strings.Contains(msg, "and 19995 more") {
+		t.Fatalf("error of %d bytes: %.300s", len(msg), msg)
+	}
+	s = newSUT(t)
+	long := "/" + strings.Repeat("é", 100000)
+	rec := s.do("GET", long, "")
+	if msg := errorOf(t, rec, 404); len(msg) > 200 || !strings.Contains(msg, "…") {
+		t.Fatalf("404 for a long path: %d bytes: %.200s", len(msg), msg)
+	}
+	req := httptest.NewRequest("GET", "/healthz", nil)
+	req.Method = strings.Repeat("M", 100000)
+	rec = httptest.NewRecorder()
+	s.handler.ServeHTTP(rec, req)
+	if msg := errorOf(t, rec, 405); len(msg) > 200 {
+		t.Fatalf("405 for a long method: %d bytes", len(msg))
+	}
+	for _, e := range s.logs.AllEntries() {
+		if line, _ := e.String(); len(line) > 1000 {
+			t.Fatalf("log line of %d bytes", len(line))
+		}
+	}
+}
+
+// Client errors log at debug, so a polling client cannot flood the log; a
+// broker that is away logs its cause as a warning, once per interval.
+func TestLogLevels(t *testing.T) {
+	s := newSUT(t)
+	errorOf(t, s.do("GET", "/nope", ""), 404)
+	errorOf(t, s.do("POST", "/task", "{"), 400)
+	for _, e := range s.logs.AllEntries() {
+		if e.Level != logrus.DebugLevel {
+			t.Fatalf("client error logged at %v: %s", e.Level, e.Message)
+		}
+	}
+	s.logs.Reset()
+	cause := fmt.Errorf("enqueue: %w: dial tcp 10.0.0.1:6379: connect: connection refused", domain.ErrUnavailable)
+	s.svc.EXPECT().Submit(gomock.Any(), gomock.Any()).Return(nil, cause).Times(3)
+	for i := 0; i < 3; i++ {
+		errorOf(t, s.do("POST", "/task", `{"type":"x"}`), 503)
+	}
+	warnings := 0
+	for _, e := range s.logs.AllEntries() {
+		if e.Level == logrus.WarnLevel {
+			warnings++
+			if !strings.Contains(fmt.Sprint(e.Data["error"]), "connection refused") {
+				t.Fatalf("warning without the cause: %v", e.Data)
+			}
+		}
+	}
+	if warnings != 1 {
+		t.Fatalf("%d warnings for 3 refusals in a row; want 1", warnings)
+	}
+}
+
+// A client that gives up is not an internal error: no 500 line at error.
+func TestClientGoneIsNotAnError(t *testing.T) {
+	s := newSUT(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.svc.EXPECT().Get(gomock.Any(), id).DoAndReturn(func(context.Context, uuid.UUID) (*domain.Task, error) {
+		cancel()
+		return nil, fmt.Errorf("get: %w", context.Canceled)
+	})
+	req := httptest.NewRequest("GET", "/task/"+id.String(), nil).WithContext(ctx)
+	s.handler.ServeHTTP(httptest.NewRecorder(), req)
+	for _, e := range s.logs.AllEntries() {
+		if e.Level < logrus.DebugLevel {
+			t.Fatalf("client going away logged at %v: %s %v", e.Level, e.Message, e.Data)
+		}
+	}
 }
 
 func TestResponsesAreJSON(t *testing.T) {

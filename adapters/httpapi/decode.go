@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -118,7 +117,7 @@ func decodeInt(raw json.RawMessage, name string, max int, dst *int) error {
 	}
 	n, err := strconv.Atoi(string(raw))
 	if err != nil {
-		return badRequest("%s: must be an integer from 0 to %d, got %s", name, max, truncate(string(raw), 40))
+		return badRequest("%s: must be an integer from 0 to %d, got %s", name, max, truncate(string(raw), 64))
 	}
 	*dst = n
 	return nil
@@ -129,6 +128,7 @@ func decodeInt(raw json.RawMessage, name string, max int, dst *int) error {
 func checkKeys(body []byte) error {
 	var seen uint8
 	var unknown, repeated []string
+	moreUnknown := 0
 	depth := 0
 	expectKey := false
 	for i := 0; i < len(body); i++ {
@@ -149,8 +149,10 @@ func checkKeys(body []byte) error {
 				}
 				bit, ok := submitFields[key]
 				switch {
+				case !ok && len(unknown) == maxListed:
+					moreUnknown++
 				case !ok:
-					unknown = append(unknown, strconv.Quote(truncate(key, 40)))
+					unknown = append(unknown, quoted(key))
 				case seen&bit != 0:
 					repeated = append(repeated, strconv.Quote(key))
 				}
@@ -161,8 +163,11 @@ func checkKeys(body []byte) error {
 		}
 	}
 	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return badRequest("unknown field(s) %s: allowed fields are type, payload, max_retries, priority", strings.Join(unknown, ", "))
+		list := strings.Join(unknown, ", ")
+		if moreUnknown > 0 {
+			list += fmt.Sprintf(" and %d more", moreUnknown)
+		}
+		return badRequest("unknown field(s) %s: allowed fields are type, payload, max_retries, priority", list)
 	}
 	if len(repeated) > 0 {
 		return badRequest("field(s) %s given more than once", strings.Join(repeated, ", "))
@@ -199,9 +204,21 @@ func jsonProblem(err error) string {
 	return err.Error()
 }
 
+// maxListed is how many offending keys an error names.
+const maxListed = 5
+
+// truncate cuts s to its first n characters (not bytes, so a character is
+// never split), marking the cut with "…".
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "..."
+	chars := 0
+	for i := range s {
+		if chars == n {
+			return s[:i] + "…"
+		}
+		chars++
+	}
+	return s
 }
