@@ -285,3 +285,15 @@ func BenchmarkGetWithRunning(b *testing.B) {
 		})
 	}
 }
+
+// A queue written with the previous key layout is refused at start with a
+// message saying what to do, not misread.
+func TestOlderLayoutIsRefused(t *testing.T) {
+	prefix := newPrefix(t)
+	rawClient(t).Set(ctx5(t), "{"+prefix+"}:seq", 41, 0)
+	_, err := redis.New(context.Background(), redis.Options{URL: redisURL(t), Prefix: prefix, QueueSize: 1, Lease: time.Second, Log: quietLog()})
+	if err == nil || !strings.Contains(err.Error(), "older version") {
+		t.Fatalf("New on an older queue: %v", err)
+	}
+	newBroker(t, newPrefix(t), nil) // a new queue is marked with the layout
+}
