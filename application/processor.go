@@ -138,25 +138,30 @@ func (p *Processor) ProcessNext(takeCtx, workCtx context.Context) error {
 
 func (p *Processor) runAttempt(workCtx context.Context, task *domain.Task) {
 	attempt := task.Attempts()
-	log := p.log.WithFields(logrus.Fields{
+	fields := logrus.Fields{
 		"task_id":  task.ID(),
 		"type":     task.Type(),
 		"priority": task.Priority().Level(),
 		"attempt":  attempt,
-	})
-	log.Debug("attempt started")
+	}
+	if debugEnabled(p.log) {
+		p.log.WithFields(fields).Debug("attempt started")
+	}
 	start := p.cfg.Now()
 	attemptCtx, cancel := context.WithTimeout(workCtx, p.cfg.TaskTimeout)
-	// The handler gets a copy: if it never returns, it must not race with
-	// the outcome recorded here.
-	view := *task
 	done := make(chan error, 1)
-	go func() { done <- p.call(attemptCtx, &view) }()
+	go func(t *domain.Task) { done <- p.call(attemptCtx, t) }(task)
 	err, returned := p.wait(attemptCtx, done)
+	if !returned {
+		// The handler may still read task: record the outcome on a copy.
+		cp := *task
+		task = &cp
+	}
 	timedOut := errors.Is(attemptCtx.Err(), context.DeadlineExceeded)
 	cancel()
 	end := p.cfg.Now()
-	log = log.WithField("duration_ms", end.Sub(start).Milliseconds())
+	fields["duration_ms"] = end.Sub(start).Milliseconds()
+	log := p.log.WithFields(fields)
 
 	var panicErr *domain.PanicError
 	switch {
@@ -253,6 +258,18 @@ func (p *Processor) settle(log logrus.FieldLogger, attempt int, task *domain.Tas
 	default:
 		log.Error("task failed; no retries left")
 	}
+}
+
+// debugEnabled reports whether log writes debug lines, so the hot path
+// does not build one that is thrown away.
+func debugEnabled(log logrus.FieldLogger) bool {
+	switch l := log.(type) {
+	case *logrus.Entry:
+		return l.Logger.IsLevelEnabled(logrus.DebugLevel)
+	case *logrus.Logger:
+		return l.IsLevelEnabled(logrus.DebugLevel)
+	}
+	return true
 }
 
 // call runs the task's handler, turning a panic into a *domain.PanicError

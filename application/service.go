@@ -17,9 +17,6 @@ import (
 	"github.com/taskqueue/taskqueue/ports"
 )
 
-// enqueueTimeout bounds one enqueue, whatever the client does meanwhile.
-const enqueueTimeout = 10 * time.Second
-
 // Service implements ports.TaskService.
 type Service struct {
 	broker  ports.Broker
@@ -77,10 +74,8 @@ func (s *Service) Submit(ctx context.Context, sub ports.Submission) (*domain.Tas
 	}
 	// A client that gives up while the broker answers must not leave the
 	// outcome unknown (stored but reported as failed): the enqueue runs to
-	// its end on its own deadline.
-	enqCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), enqueueTimeout)
-	defer cancel()
-	if err := s.broker.Enqueue(enqCtx, task); err != nil {
+	// its end, which the broker bounds.
+	if err := s.broker.Enqueue(context.WithoutCancel(ctx), task); err != nil {
 		return nil, fmt.Errorf("enqueue task %s: %w", id, err)
 	}
 	s.log.WithFields(logrus.Fields{

