@@ -26,8 +26,11 @@ func TestSeedRequestSucceeds(t *testing.T) {
 	}
 	eventually(t, "the example_task log line", func() bool {
 		l := s.findLog("example_task ran")
-		return l != nil && l["task_id"] == id && l["payload"] == `{"key":"value"}`
+		return l != nil && l["task_id"] == id && l["payload_bytes"] == 15.0 && fmt.Sprint(l["payload_keys"]) == "[key]"
 	})
+	if strings.Contains(s.logText(), `"value"`) {
+		t.Fatal("a payload value reached the log at info")
+	}
 	if l := s.findLog("task attempt succeeded"); l["task_id"] != id || l["attempt"] != 1.0 || l["duration_ms"] == nil || l["level"] != "info" {
 		t.Fatalf("outcome log line: %v", l)
 	}
@@ -78,7 +81,7 @@ func TestRetriesBackOffThenFail(t *testing.T) {
 	s := start(t, "--handler", "flaky="+hook.URL, "--retry-initial-backoff", "100ms", "--retry-max-backoff", "1s")
 	id := s.submit("flaky", 0, 3)
 	task := s.waitStatus(id, "failed")
-	if task["attempts"] != 4.0 || task["last_error"] != "webhook returned 500" {
+	if task["attempts"] != 4.0 || task["retries_left"] != 0.0 || task["last_error"] != `webhook for type "flaky" returned 500` {
 		t.Fatalf("task: %v", task)
 	}
 	calls, _, _ := hook.snapshot()
@@ -99,7 +102,7 @@ func TestRetriesBackOffThenFail(t *testing.T) {
 		}
 	}
 	retries := s.logsMatching("will retry")
-	if len(retries) != 3 || retries[0]["level"] != "warning" || retries[0]["error"] != "webhook returned 500" {
+	if len(retries) != 3 || retries[0]["level"] != "warning" || retries[0]["error"] != `webhook for type "flaky" returned 500` {
 		t.Fatalf("retry log lines: %v", retries)
 	}
 	if l := s.findLog("no retries left"); l == nil || l["level"] != "error" || l["attempt"] != 4.0 {
@@ -113,7 +116,7 @@ func TestRetryingStatusShowsNextAttempt(t *testing.T) {
 	id := s.submit("slow", 0, 1)
 	task := s.waitStatus(id, "retrying")
 	next, err := time.Parse(time.RFC3339, task["next_attempt_at"].(string))
-	if err != nil || time.Until(next) < 40*time.Minute || task["last_error"] != "webhook returned 503" || task["attempts"] != 1.0 {
+	if err != nil || time.Until(next) < 40*time.Minute || task["last_error"] != `webhook for type "slow" returned 503` || task["attempts"] != 1.0 {
 		t.Fatalf("retrying task: %v", task)
 	}
 }
@@ -206,8 +209,11 @@ func TestGracefulShutdownFinishesInFlightTask(t *testing.T) {
 	if r.status != 503 || r.header.Get("Retry-After") != "1" || !strings.Contains(r.body["error"].(string), "shutting down") {
 		t.Fatalf("submission during shutdown: %d %v %v", r.status, r.header, r.body)
 	}
-	if r := s.request("GET", "/healthz", ""); r.status != 503 {
-		t.Fatalf("/healthz during shutdown: %d", r.status)
+	if r := s.request("GET", "/readyz", ""); r.status != 503 || r.body["reason"] != "shutting down" {
+		t.Fatalf("/readyz during shutdown: %d %v", r.status, r.body)
+	}
+	if r := s.request("GET", "/healthz", ""); r.status != 200 {
+		t.Fatalf("/healthz (liveness) during shutdown: %d", r.status)
 	}
 	if r := s.request("GET", "/task/"+inFlight, ""); r.status != 200 || r.body["status"] != "running" {
 		t.Fatalf("GET during shutdown: %d %v", r.status, r.body)
@@ -245,7 +251,7 @@ func TestShutdownTimeoutCancelsStuckAttempt(t *testing.T) {
 }
 
 func TestBadInputOverTheWire(t *testing.T) {
-	s := start(t, "--max-body-bytes", "100")
+	s := start(t, "--max-body-bytes", "100", "--log-level", "debug")
 	for _, tc := range []struct {
 		method, path, body string
 		status             int
@@ -273,8 +279,14 @@ func TestBadInputOverTheWire(t *testing.T) {
 	if r := s.request("GET", "/healthz", ""); r.status != 200 {
 		t.Fatal("service unhealthy after bad input")
 	}
-	if len(s.logsMatching("request rejected")) < 13 {
+	rejected := s.logsMatching("request rejected")
+	if len(rejected) < 13 {
 		t.Fatal("rejections were not logged")
+	}
+	for _, l := range rejected {
+		if l["level"] != "debug" {
+			t.Fatalf("client error logged at %v: %v", l["level"], l)
+		}
 	}
 }
 

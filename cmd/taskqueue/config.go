@@ -5,12 +5,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/taskqueue/taskqueue/adapters/handlers"
 	"github.com/taskqueue/taskqueue/adapters/httpapi"
 	"github.com/taskqueue/taskqueue/adapters/logging"
+	"github.com/taskqueue/taskqueue/adapters/redis"
 	"github.com/taskqueue/taskqueue/domain"
 )
 
@@ -27,7 +31,9 @@ type config struct {
 	TaskTimeout     time.Duration
 	Retention       time.Duration
 	MaxFinished     int
+	MemoryLimit     int64
 	ShutdownTimeout time.Duration
+	InstanceID      string
 	Webhooks        []webhookSpec
 	LogLevel        string
 	LogFormat       string
@@ -69,7 +75,7 @@ func (f webhookFlag) Set(v string) error {
 	if err := domain.ValidateType(typ); err != nil {
 		return err
 	}
-	if _, err := handlers.NewWebhook(url, nil); err != nil {
+	if _, err := handlers.NewWebhook(typ, url, nil); err != nil {
 		return err
 	}
 	for _, s := range *f.specs {
@@ -81,8 +87,53 @@ func (f webhookFlag) Set(v string) error {
 	return nil
 }
 
-// errHelp asks for the usage text and a clean exit.
-var errHelp = errors.New("help requested")
+// errHelp asks for the usage text and a clean exit; errVersion likewise
+// after printing the version.
+var (
+	errHelp    = errors.New("help requested")
+	errVersion = errors.New("version requested")
+)
+
+// DefaultShutdownTimeout fits the whole shutdown inside Kubernetes'
+// default grace period of 30 s, with room to spare.
+const DefaultShutdownTimeout = 25 * time.Second
+
+// byteSize is a flag holding a number of bytes, written as an integer or
+// with a unit: 256MiB, 1GiB, 64KiB, 500MB.
+type byteSize struct{ n *int64 }
+
+var byteUnits = []struct {
+	suffix string
+	scale  int64
+}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}, {"B", 1}}
+
+func (b byteSize) String() string {
+	if b.n == nil {
+		return ""
+	}
+	for _, u := range byteUnits[:3] {
+		if *b.n >= u.scale && *b.n%u.scale == 0 && *b.n/u.scale < 1024 {
+			return strconv.FormatInt(*b.n/u.scale, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(*b.n, 10)
+}
+
+func (b byteSize) Set(v string) error {
+	num, scale := v, int64(1)
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(v, u.suffix); ok {
+			num, scale = n, u.scale
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/scale {
+		return fmt.Errorf("%q is not a size in bytes (such as 268435456, 256MiB or 1GiB)", v)
+	}
+	*b.n = n * scale
+	return nil
+}
 
 // parseConfig reads flags from args, then fills each flag not given from
 // its TASKQUEUE_<NAME> environment variable. A flag wins over the
@@ -102,7 +153,10 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.DurationVar(&cfg.TaskTimeout, "task-timeout", 30*time.Second, "deadline of one attempt")
 	fs.DurationVar(&cfg.Retention, "retention", time.Hour, "how long finished tasks can still be read")
 	fs.IntVar(&cfg.MaxFinished, "max-finished", 100000, "most finished tasks kept for reading; past it the oldest are forgotten early (0: no cap)")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for running attempts")
+	cfg.MemoryLimit = 256 << 20
+	fs.Var(byteSize{&cfg.MemoryLimit}, "memory-limit", "with --broker memory: most bytes of tasks held (payloads, errors and overhead); finished tasks are forgotten oldest first to make room, then submissions get 503")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "the whole shutdown's budget: running attempts get most of it, then they are handed back and everything is closed within it")
+	fs.StringVar(&cfg.InstanceID, "instance-id", defaultInstanceID(), "names this instance in every log line and, with Redis, in the state of the attempts it runs (default host:pid)")
 	fs.Var(webhookFlag{&cfg.Webhooks}, "handler", "TYPE=URL: run tasks of TYPE by POSTing them to URL (repeatable; the variable takes t1=url1,t2=url2)")
 	fs.StringVar(&cfg.Broker, "broker", brokerMemory, "where tasks are kept: memory (this process only) or redis (shared by every instance, durable)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis to use with --broker redis")
@@ -110,22 +164,26 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.DurationVar(&cfg.Lease, "lease", 30*time.Second, "with --broker redis: how long a running attempt's instance may go silent before another instance recovers the task (at least 1s)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", logging.FormatText, "text or json (one JSON object per line)")
-
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(fs, usage)
 			return cfg, errHelp
 		}
-		return cfg, err
+		return cfg, flagError(err)
+	}
+	if *showVersion {
+		fmt.Fprintln(usage, versionLine())
+		return cfg, errVersion
 	}
 	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q (settings are flags: see --help)", fs.Arg(0))
+		return cfg, fmt.Errorf("unexpected argument %q: settings are flags", fs.Arg(0))
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || envErr != nil {
+		if given[f.Name] || envErr != nil || f.Name == "version" {
 			return
 		}
 		name := envName(f.Name)
@@ -177,6 +235,10 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 		return invalid("max-finished", "must not be negative, got %d", c.MaxFinished)
 	case c.ShutdownTimeout < 0:
 		return invalid("shutdown-timeout", "must not be negative, got %s", c.ShutdownTimeout)
+	case c.MemoryLimit < 1<<20:
+		return invalid("memory-limit", "must be at least 1MiB, got %d bytes", c.MemoryLimit)
+	case c.MemoryLimit < c.MaxBodyBytes:
+		return invalid("memory-limit", "must be at least --max-body-bytes (%d), got %d bytes", c.MaxBodyBytes, c.MemoryLimit)
 	case c.Broker != brokerMemory && c.Broker != brokerRedis:
 		return invalid("broker", "must be memory or redis, got %q", c.Broker)
 	case c.Lease < time.Second:
@@ -185,6 +247,17 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 		return invalid("redis-prefix", "must not be empty")
 	case c.LogFormat != logging.FormatText && c.LogFormat != logging.FormatJSON:
 		return invalid("log-format", "must be text or json, got %q", c.LogFormat)
+	}
+	if err := validAddr(c.Addr); err != nil {
+		return invalid("addr", "%v", err)
+	}
+	if err := validInstanceID(c.InstanceID); err != nil {
+		return invalid("instance-id", "%v", err)
+	}
+	if c.Broker == brokerRedis {
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
+			return invalid("redis-url", "%v", err)
+		}
 	}
 	for _, w := range c.Webhooks {
 		if w.Type == handlers.ExampleType || w.Type == handlers.NoopType {
@@ -198,6 +271,58 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 	return err
 }
 
+// validAddr checks a listen address: [host]:port with a port from 0 to
+// 65535 (or a service name).
+func validAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (such as :8080 or 127.0.0.1:8080)", addr)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("%q has no valid port: want 0 to 65535", addr)
+	}
+	return nil
+}
+
+// validInstanceID checks an instance name: 1 to 128 printable ASCII
+// characters without spaces.
+func validInstanceID(id string) error {
+	if id == "" || len(id) > 128 {
+		return fmt.Errorf("must be 1 to 128 characters, got %d", len(id))
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return fmt.Errorf("may contain only printable ASCII characters without spaces, found %q", id[i])
+		}
+	}
+	return nil
+}
+
+func defaultInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "taskqueue"
+	}
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}
+
+// flagError rewrites the flag package's errors, which name flags with one
+// dash, to name them as --help shows them.
+func flagError(err error) error {
+	msg := err.Error()
+	for _, f := range []struct{ from, to string }{
+		{"flag provided but not defined: -", "unknown flag --"},
+		{"flag needs an argument: -", "a value is needed for --"},
+		{" for flag -", " for --"},
+		{"bad flag syntax: ", "bad flag syntax: "},
+	} {
+		if before, after, ok := strings.Cut(msg, f.from); ok {
+			return errors.New(before + f.to + after)
+		}
+	}
+	return err
+}
+
 // envName maps a flag name to its environment variable.
 func envName(flag string) string {
 	if flag == "handler" {
@@ -207,10 +332,14 @@ func envName(flag string) string {
 }
 
 func printUsage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "Usage: taskqueue [flags]\n\nA task queue with a REST API. Every flag can also be set by the environment\nvariable shown; a flag wins over its variable.\n\nFlags:\n")
+	fmt.Fprintf(w, "Usage: taskqueue [flags]\n       taskqueue healthcheck [flags]   (GET /healthz on --addr: exit 0 if alive, else 1)\n\nA task queue with a REST API. Every flag can also be set by the environment\nvariable shown; a flag wins over its variable.\n\nFlags:\n")
 	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "version" {
+			fmt.Fprintf(w, "  --version\n    \t%s\n", f.Usage)
+			return
+		}
 		fmt.Fprintf(w, "  --%s (env %s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
-		if f.DefValue != "" {
+		if f.DefValue != "" && f.Name != "instance-id" {
 			fmt.Fprintf(w, " (default %s)", f.DefValue)
 		}
 		fmt.Fprintln(w)

@@ -17,7 +17,8 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if cfg.Addr != ":8080" || cfg.Workers != 5 || cfg.QueueSize != 10000 || cfg.MaxBodyBytes != 1<<20 ||
 		cfg.RetryPolicy.Initial() != time.Second || cfg.RetryPolicy.Max() != 5*time.Minute ||
-		cfg.TaskTimeout != 30*time.Second || cfg.Retention != time.Hour || cfg.MaxFinished != 100000 || cfg.ShutdownTimeout != 30*time.Second ||
+		cfg.TaskTimeout != 30*time.Second || cfg.Retention != time.Hour || cfg.MaxFinished != 100000 || cfg.ShutdownTimeout != 25*time.Second ||
+		cfg.MemoryLimit != 256<<20 || !strings.Contains(cfg.InstanceID, ":") ||
 		cfg.LogLevel != "info" || cfg.LogFormat != "text" || len(cfg.Webhooks) != 0 ||
 		cfg.Broker != "memory" || cfg.RedisURL != "redis://127.0.0.1:6379/0" || cfg.RedisPrefix != "taskqueue" || cfg.Lease != 30*time.Second {
 		t.Fatalf("defaults: %+v", cfg)
@@ -73,15 +74,59 @@ func TestConfigInvalid(t *testing.T) {
 		{[]string{"--lease", "500ms"}, nil, "lease"},
 		{[]string{"--broker", "redis", "--redis-prefix", ""}, nil, "redis-prefix"},
 		{nil, map[string]string{"TASKQUEUE_LEASE": "0s"}, "TASKQUEUE_LEASE"},
-		{[]string{"--nope"}, nil, "nope"},
+		{[]string{"--nope"}, nil, "unknown flag --nope"},
 		{[]string{"extra"}, nil, "unexpected argument"},
 		{nil, map[string]string{"TASKQUEUE_WORKERS": "many"}, "TASKQUEUE_WORKERS"},
 		{nil, map[string]string{"TASKQUEUE_TASK_TIMEOUT": "5"}, "TASKQUEUE_TASK_TIMEOUT"},
+		{[]string{"--addr", ":99999"}, nil, "addr: \":99999\" has no valid port"},
+		{[]string{"--addr", "nohostport"}, nil, "addr:"},
+		{[]string{"--broker", "redis", "--redis-url", "notaurl"}, nil, "redis-url: redis URL"},
+		{[]string{"--log-level", "trace"}, nil, "log-level"},
+		{[]string{"--log-level", "panic"}, nil, "log-level"},
+		{[]string{"--log-level", "warning"}, nil, "log-level"},
+		{[]string{"--memory-limit", "12"}, nil, "memory-limit: must be at least 1MiB"},
+		{[]string{"--memory-limit", "lots"}, nil, "--memory-limit"},
+		{[]string{"--memory-limit", "2MiB", "--max-body-bytes", "4194304"}, nil, "memory-limit: must be at least --max-body-bytes"},
+		{[]string{"--instance-id", "has space"}, nil, "instance-id"},
+		{[]string{"--workers", "many"}, nil, `invalid value "many" for --workers`},
+		{[]string{"--workers"}, nil, "a value is needed for --workers"},
 	} {
 		_, err := parseConfig(tc.args, env(tc.env), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v %v: error %v; want it to mention %q", tc.args, tc.env, err, tc.want)
 		}
+	}
+}
+
+func TestSizesTakeUnits(t *testing.T) {
+	for in, want := range map[string]int64{"268435456": 256 << 20, "256MiB": 256 << 20, "1GiB": 1 << 30, "4096KiB": 4 << 20, "500MB": 500e6} {
+		cfg, err := parseConfig([]string{"--memory-limit", in}, env(nil), nil)
+		if err != nil || cfg.MemoryLimit != want {
+			t.Errorf("--memory-limit %s = %d, %v; want %d", in, cfg.MemoryLimit, err, want)
+		}
+	}
+}
+
+// A flag error names the flag as --help does, and says "see --help" once.
+func TestConfigErrorsNameFlagsOnce(t *testing.T) {
+	for _, args := range [][]string{{"--workers", "x"}, {"extra"}, {"--nope"}} {
+		_, err := parseConfig(args, env(nil), nil)
+		msg := configError(err).Error()
+		if strings.Count(msg, "see --help") != 1 || strings.Contains(msg, " -workers") || strings.Contains(msg, " -nope") {
+			t.Errorf("%v: %q", args, msg)
+		}
+	}
+}
+
+func TestShutdownPlanFitsTheBudget(t *testing.T) {
+	for _, total := range []time.Duration{0, 200 * time.Millisecond, time.Second, 10 * time.Second, 25 * time.Second, time.Hour} {
+		p := planShutdown(total)
+		if sum := p.grace + p.cancelWait + p.httpClose; sum > total || p.grace < 0 || p.handlerGrace > p.cancelWait && total > 0 {
+			t.Errorf("%v: plan %+v does not fit", total, p)
+		}
+	}
+	if p := planShutdown(25 * time.Second); p.grace != 20*time.Second || p.handlerGrace != time.Second {
+		t.Errorf("default plan %+v; want 20s for running attempts and the full 1s handler grace", p)
 	}
 }
 
@@ -92,7 +137,8 @@ func TestHelpListsEverySettingAndExitsZero(t *testing.T) {
 		t.Fatalf("help: %v", err)
 	}
 	for _, name := range []string{"addr", "workers", "queue-size", "max-body-bytes", "retry-initial-backoff", "retry-max-backoff",
-		"task-timeout", "retention", "max-finished", "shutdown-timeout", "handler", "log-level", "log-format", "broker", "redis-url", "redis-prefix", "lease", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE", "TASKQUEUE_REDIS_URL"} {
+		"task-timeout", "retention", "max-finished", "shutdown-timeout", "handler", "log-level", "log-format", "broker", "redis-url", "redis-prefix", "lease", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE", "TASKQUEUE_REDIS_URL",
+		"memory-limit", "instance-id", "TASKQUEUE_INSTANCE_ID", "--version", "healthcheck"} {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("--help does not mention %s", name)
 		}

@@ -1,9 +1,8 @@
 // Command taskqueue runs the task queue service: a REST API to submit
-// tasks, an in-memory priority broker, and a pool of workers.
+// tasks, a broker (in memory, or shared on Redis), and a pool of workers.
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,13 +12,11 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		stop() // a second signal ends the process at once
-	}()
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
-	stop()
+	// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
+	// ends the process at once, saying what it abandons.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	err := run(signals, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	os.Exit(exitCode(err, os.Stderr))
 }
 
@@ -32,10 +29,11 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-// exitCode prints err and returns the code to exit with: 0 for none or
-// --help, 2 for bad configuration, 1 for anything else.
+// exitCode prints err and returns the code to exit with: 0 for none,
+// --help or --version, 2 for bad configuration, 128+n after a second
+// signal n, 1 for anything else.
 func exitCode(err error, stderr io.Writer) int {
-	if err == nil || errors.Is(err, errHelp) {
+	if err == nil || errors.Is(err, errHelp) || errors.Is(err, errVersion) {
 		return 0
 	}
 	fmt.Fprintln(stderr, "taskqueue:", err)

@@ -7,8 +7,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"sort"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -30,46 +33,138 @@ const (
 	readTimeout       = 30 * time.Second
 	writeTimeout      = 30 * time.Second
 	idleTimeout       = 2 * time.Minute
-	httpCloseTimeout  = 5 * time.Second
-	// cancelWait is how long attempts get to return once shutdown cancels
-	// them, before they are left behind.
-	cancelWait = 5 * time.Second
+	maxHeaderBytes    = 64 << 10
+	// closeTimeout bounds closing what was opened when start-up fails.
+	closeTimeout = 5 * time.Second
+	// runtimeHeadroom is what the Go runtime's soft memory limit allows
+	// beyond the memory broker's limit and the request bodies in flight.
+	runtimeHeadroom = 64 << 20
 )
 
-// run starts the service and blocks until ctx is cancelled (a signal),
-// then shuts down in order. It returns an *exitError with code 2 for bad
-// configuration, errHelp after printing usage, and other errors for
-// failures to start or serve.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// run starts the service and blocks until the first signal arrives, then
+// shuts down in order within --shutdown-timeout. A second signal ends it
+// at once with an *exitError of code 128+signal, after a log line saying
+// what is abandoned. It returns an *exitError with code 2 for bad
+// configuration, errHelp or errVersion after printing them, and other
+// errors for failures to start or serve. `taskqueue healthcheck` runs the
+// health check instead.
+func run(signals <-chan os.Signal, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return healthcheck(context.Background(), args[1:], getenv, stdout)
+	}
 	cfg, err := parseConfig(args, getenv, stdout)
-	if errors.Is(err, errHelp) {
-		return err
-	}
 	if err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("%w (see --help)", err)}
+		return configError(err)
 	}
-	log, err := logging.New(stdout, cfg.LogLevel, cfg.LogFormat)
+	logger, err := logging.New(stdout, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	log := logger.WithField("instance", cfg.InstanceID)
+	log.WithField("version", buildVersion()).Info("taskqueue starting")
 
-	broker, closeBroker, err := openBroker(ctx, cfg, log)
+	// The first signal cancels ctx; a second one arrives on hard.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hard := make(chan os.Signal, 1)
+	go func() {
+		if _, ok := <-signals; !ok {
+			return
+		}
+		cancel()
+		if sig, ok := <-signals; ok {
+			hard <- sig
+		}
+	}()
+
+	s, err := start(ctx, cfg, getenv, log)
 	if err != nil {
 		return err
+	}
+	var failure error
+	select {
+	case <-ctx.Done():
+		log.Info("shutdown signal received; no new tasks accepted, finishing running attempts")
+	case err := <-s.serveErr:
+		failure = fmt.Errorf("http server: %w", err)
+		log.WithError(err).Error("http server stopped unexpectedly; shutting down")
+	case err := <-s.procDone:
+		failure = fmt.Errorf("processor: %w", err)
+		log.WithError(err).Error("processor stopped unexpectedly; shutting down")
+	}
+	done := make(chan struct{})
+	go func() { s.shutdown(cfg.ShutdownTimeout); close(done) }()
+	select {
+	case <-done:
+		return failure
+	case sig := <-hard:
+		fields := s.broker.left()
+		fields["running_attempts"] = s.pool.Busy()
+		fields["abandoned_handlers"] = s.proc.Abandoned()
+		log.WithFields(fields).Error("second signal: exiting now without finishing the shutdown")
+		code := 1
+		if n, ok := sig.(syscall.Signal); ok {
+			code = 128 + int(n)
+		}
+		return &exitError{code: code, err: fmt.Errorf("second signal (%v): exited without finishing the shutdown", sig)}
+	}
+}
+
+// configError turns a parseConfig error into what run returns.
+func configError(err error) error {
+	if errors.Is(err, errHelp) || errors.Is(err, errVersion) {
+		return err
+	}
+	return &exitError{code: 2, err: fmt.Errorf("%w (see --help)", err)}
+}
+
+// service is everything run starts, in the order it is stopped.
+type service struct {
+	log      logrus.FieldLogger
+	svc      *application.Service
+	proc     *application.Processor
+	pool     *workerpool.Pool
+	srv      *http.Server
+	broker   openedBroker
+	serveErr chan error
+	procDone chan error
+	stop     context.CancelFunc // stops taking tasks
+}
+
+// start opens the broker, builds the handlers, workers and API, listens
+// and starts serving and taking tasks. On any error it closes what it had
+// opened before returning.
+func start(ctx context.Context, cfg config, getenv func(string) string, log logrus.FieldLogger) (s *service, err error) {
+	plan := planShutdown(cfg.ShutdownTimeout)
+	broker, err := openBroker(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			closeCtx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+			defer cancel()
+			broker.close(closeCtx)
+		}
+	}()
+	if cfg.Broker == brokerMemory && getenv("GOMEMLIMIT") == "" {
+		// Make the garbage collector keep the heap near what is really held,
+		// so the process stays within the memory limit plus a fixed margin.
+		debug.SetMemoryLimit(cfg.MemoryLimit + 2*inflightBodyBytes(cfg) + runtimeHeadroom)
 	}
 	pool, err := workerpool.New(cfg.Workers, log)
 	if err != nil {
-		return &exitError{code: 2, err: err}
+		return nil, &exitError{code: 2, err: err}
 	}
 	taskHandlers := builtinHandlers(log)
 	client := handlers.NewHTTPClient(cfg.Workers)
 	for _, w := range cfg.Webhooks {
 		if _, taken := taskHandlers[w.Type]; taken {
-			return &exitError{code: 2, err: fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)}
+			return nil, &exitError{code: 2, err: fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)}
 		}
-		h, err := handlers.NewWebhook(w.URL, client)
+		h, err := handlers.NewWebhook(w.Type, w.URL, client)
 		if err != nil {
-			return &exitError{code: 2, err: err}
+			return nil, &exitError{code: 2, err: err}
 		}
 		taskHandlers[w.Type] = h
 	}
@@ -81,82 +176,144 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	svc := application.NewService(broker, types, nil, nil, log)
 	proc := application.NewProcessor(broker, pool, taskHandlers, application.ProcessorConfig{
-		Policy:      cfg.RetryPolicy,
-		TaskTimeout: cfg.TaskTimeout,
+		Policy:       cfg.RetryPolicy,
+		TaskTimeout:  cfg.TaskTimeout,
+		HandlerGrace: plan.handlerGrace,
+		MaxAbandoned: cfg.Workers,
 	}, log)
-	var draining atomic.Bool
-	api := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.MaxBodyBytes, Healthy: func() bool { return !draining.Load() }}, log)
+	api := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxInflightBodyBytes: inflightBodyBytes(cfg)}, log)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
-	srv := &http.Server{
-		Handler:           api,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
+	s = &service{
+		log: log, svc: svc, proc: proc, pool: pool, broker: broker,
+		srv: &http.Server{
+			Handler:           api,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout:       readTimeout,
+			WriteTimeout:      writeTimeout,
+			IdleTimeout:       idleTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
+		},
+		serveErr: make(chan error, 1),
+		procDone: make(chan error, 1),
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-
+	go func() { s.serveErr <- s.srv.Serve(ln) }()
 	procCtx, stopTaking := context.WithCancel(context.Background())
-	procDone := make(chan error, 1)
-	go func() { procDone <- proc.Run(procCtx) }()
+	s.stop = stopTaking
+	go func() { s.procDone <- proc.Run(procCtx) }()
 
-	log.WithFields(logrus.Fields{
-		"addr":       ln.Addr().String(),
-		"workers":    cfg.Workers,
-		"queue_size": cfg.QueueSize,
-		"broker":     cfg.Broker,
-		"types":      types,
-	}).Info("taskqueue listening")
-
-	var failure error
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
-		failure = fmt.Errorf("http server: %w", err)
-		log.WithError(err).Error("http server stopped unexpectedly; shutting down")
-	case err := <-procDone:
-		failure = fmt.Errorf("processor: %w", err)
-		log.WithError(err).Error("processor stopped unexpectedly; shutting down")
+	fields := settings(cfg)
+	fields["addr"] = ln.Addr().String()
+	fields["version"] = buildVersion()
+	fields["types"] = types
+	log.WithFields(fields).Info("taskqueue listening")
+	if cfg.Broker == brokerMemory {
+		log.Info("tasks are kept in this process's memory: they are lost when it stops; use --broker redis to keep them")
 	}
-
-	// 1. Refuse new work but keep answering: submissions get 503 and
-	// /healthz turns 503 so load balancers move on; GET still works.
-	draining.Store(true)
-	svc.BeginShutdown()
-	if failure == nil {
-		log.Info("shutdown signal received; no new tasks accepted, finishing running attempts")
-	}
-	// 2. Stop taking tasks from the broker.
-	stopTaking()
-	// 3. Let running attempts finish, up to the shutdown timeout; the rest
-	// are cancelled and handed back to the broker.
-	if n := pool.Stop(cfg.ShutdownTimeout, cancelWait); n > 0 {
-		log.WithField("count", n).Warn("shutdown timeout passed; cancelled running attempts and handed them back")
-	}
-	// 4. Stop HTTP.
-	shutCtx, cancel := context.WithTimeout(context.Background(), httpCloseTimeout)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		log.WithError(err).Warn("http server did not close cleanly")
-	}
-	// 5. Close the broker.
-	closeBroker()
-	return failure
+	return s, nil
 }
 
-// openBroker builds the configured broker and returns it with the function
-// that closes it and logs what it leaves behind. A Redis that cannot be
-// reached is an error naming the URL (exit code 1).
-func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (ports.Broker, func(), error) {
+// settings lists the effective configuration for the start-up line, with
+// secrets redacted (Redis password, webhook credentials and query values).
+func settings(cfg config) logrus.Fields {
+	webhooks := make([]string, len(cfg.Webhooks))
+	for i, w := range cfg.Webhooks {
+		webhooks[i] = w.Type + "=" + handlers.RedactURL(w.URL)
+	}
+	f := logrus.Fields{
+		"broker":                cfg.Broker,
+		"workers":               cfg.Workers,
+		"queue_size":            cfg.QueueSize,
+		"max_body_bytes":        cfg.MaxBodyBytes,
+		"task_timeout":          cfg.TaskTimeout.String(),
+		"retry_initial_backoff": cfg.RetryPolicy.Initial().String(),
+		"retry_max_backoff":     cfg.RetryPolicy.Max().String(),
+		"retention":             cfg.Retention.String(),
+		"max_finished":          cfg.MaxFinished,
+		"shutdown_timeout":      cfg.ShutdownTimeout.String(),
+		"webhooks":              webhooks,
+		"log_level":             cfg.LogLevel,
+		"log_format":            cfg.LogFormat,
+	}
+	switch cfg.Broker {
+	case brokerMemory:
+		f["memory_limit"] = cfg.MemoryLimit
+	case brokerRedis:
+		f["redis_url"] = redis.Redact(cfg.RedisURL)
+		f["redis_prefix"] = cfg.RedisPrefix
+		f["lease"] = cfg.Lease.String()
+	}
+	return f
+}
+
+// inflightBodyBytes bounds the request bodies read at once: 32 of the
+// largest allowed.
+func inflightBodyBytes(cfg config) int64 { return 32 * cfg.MaxBodyBytes }
+
+// shutdownPlan splits --shutdown-timeout between its steps so the whole
+// shutdown fits inside it: running attempts get the grace, then are
+// cancelled and get cancelWait to return and be handed back (a handler
+// ignoring its cancellation is abandoned after handlerGrace), HTTP gets
+// httpClose to finish its last answers, and the broker the rest.
+type shutdownPlan struct {
+	grace, cancelWait, handlerGrace, httpClose time.Duration
+}
+
+func planShutdown(total time.Duration) shutdownPlan {
+	reserve := min(5*time.Second, max(total/5, min(total/2, 2*time.Second)))
+	cancelWait := reserve * 3 / 5
+	return shutdownPlan{
+		grace:        total - reserve,
+		cancelWait:   cancelWait,
+		handlerGrace: max(10*time.Millisecond, min(application.DefaultHandlerGrace, cancelWait/3)),
+		httpClose:    reserve / 5,
+	}
+}
+
+// shutdown stops the service in order within total: refuse new work but
+// keep answering (submissions and /readyz get 503, GET still works), stop
+// taking tasks, let running attempts finish and hand back the rest, stop
+// HTTP, close the broker.
+func (s *service) shutdown(total time.Duration) {
+	deadline := time.Now().Add(total)
+	plan := planShutdown(total)
+	s.svc.BeginShutdown()
+	s.stop()
+	if n := s.pool.Stop(plan.grace, plan.cancelWait); n > 0 {
+		s.log.WithField("count", n).Warn("shutdown timeout passed; cancelled running attempts and handed them back")
+	}
+	s.proc.Abort() // outcomes still being recorded give up: the budget is spent
+	httpCtx, cancelHTTP := context.WithTimeout(context.Background(), plan.httpClose)
+	defer cancelHTTP()
+	if err := s.srv.Shutdown(httpCtx); err != nil {
+		_ = s.srv.Close()
+		s.log.WithError(err).Warn("http server did not close cleanly within its share of the shutdown timeout; closed its connections")
+	}
+	brokerCtx, cancelBroker := context.WithDeadline(context.Background(), deadline)
+	defer cancelBroker()
+	s.broker.close(brokerCtx)
+}
+
+// openedBroker is the configured broker with what run needs to close it.
+type openedBroker struct {
+	ports.Broker
+	// close closes the broker within ctx and logs what it leaves behind.
+	close func(ctx context.Context)
+	// left says what exiting now would leave behind.
+	left func() logrus.Fields
+}
+
+// openBroker builds the configured broker. A Redis that cannot be reached
+// is an error naming the URL (exit code 1).
+func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (openedBroker, error) {
 	if cfg.Broker == brokerRedis {
 		rb, err := redis.New(ctx, redis.Options{
 			URL:         cfg.RedisURL,
 			Prefix:      cfg.RedisPrefix,
+			Instance:    cfg.InstanceID,
 			QueueSize:   cfg.QueueSize,
 			Retention:   cfg.Retention,
 			MaxFinished: cfg.MaxFinished,
@@ -165,28 +322,35 @@ func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (ports.
 			Log:         log,
 		})
 		if err != nil {
-			return nil, nil, err
+			return openedBroker{}, err
 		}
-		return rb, func() {
-			statsCtx, cancel := context.WithTimeout(context.Background(), httpCloseTimeout)
-			defer cancel()
-			stats, err := rb.Stats(statsCtx)
-			rb.Close()
+		var closed atomic.Bool
+		return openedBroker{Broker: rb, close: func(ctx context.Context) {
+			if closed.Swap(true) {
+				return
+			}
+			stats, err := rb.Stats(ctx)
+			rb.Close(ctx)
 			if err != nil {
 				log.WithError(err).Warn("taskqueue stopped; could not count the tasks left in Redis")
 				return
 			}
 			log.WithFields(logrus.Fields{"pending": stats.Pending, "retrying": stats.Retrying, "running": stats.Running}).
 				Info("taskqueue stopped; tasks stay in Redis for the other instances or the next start")
-		}, nil
+		}, left: func() logrus.Fields {
+			return logrus.Fields{"held_attempts": rb.Held(), "note": "tasks stay in Redis; attempts left running are recovered by another instance when their lease runs out, as failed attempts"}
+		}}, nil
 	}
-	mem, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention, MaxFinished: cfg.MaxFinished})
+	mem, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, MemoryLimit: cfg.MemoryLimit, Retention: cfg.Retention, MaxFinished: cfg.MaxFinished})
 	if err != nil {
-		return nil, nil, &exitError{code: 2, err: err}
+		return openedBroker{}, &exitError{code: 2, err: err}
 	}
-	return mem, func() {
+	return openedBroker{Broker: mem, close: func(context.Context) {
 		stats := mem.Close()
 		log.WithFields(logrus.Fields{"pending_dropped": stats.Pending, "retrying_dropped": stats.Retrying}).
 			Info("taskqueue stopped; the in-memory broker dropped the tasks it still held")
-	}, nil
+	}, left: func() logrus.Fields {
+		stats := mem.Stats()
+		return logrus.Fields{"pending_dropped": stats.Pending, "retrying_dropped": stats.Retrying, "running_dropped": stats.Running}
+	}}, nil
 }

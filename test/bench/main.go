@@ -179,7 +179,7 @@ func (o *ours) broker() *redis.Broker {
 
 func (o *ours) enqueue(n, p int) error {
 	b := o.broker()
-	defer b.Close()
+	defer b.Close(context.Background())
 	svc := application.NewService(b, []string{"noop"}, nil, nil, o.log)
 	body := payloadBytes(*payload)
 	return parallel(n, p, func(int) error {
@@ -200,7 +200,7 @@ func (o *ours) run(c int, fn func(*domain.Task)) func() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = proc.Run(ctx); close(done) }()
-	return func() { cancel(); <-done; pool.Stop(10*time.Second, time.Second); b.Close() }
+	return func() { cancel(); <-done; pool.Stop(10*time.Second, time.Second); b.Close(context.Background()) }
 }
 
 func (o *ours) drain(n, c int) error {
@@ -229,7 +229,7 @@ func (o *ours) latency(r int, d time.Duration, c int) ([]time.Duration, error) {
 	})
 	waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) >= sent })
 	stop()
-	b.Close()
+	b.Close(context.Background())
 	return lat, nil
 }
 
