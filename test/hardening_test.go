@@ -20,8 +20,11 @@ import (
 // version and every effective setting, with secrets redacted.
 func TestStartupLineAndInstanceField(t *testing.T) {
 	hook := newReceiver(t, 200, false)
-	s := start(t, "--instance-id", "api-1", "--handler", "resize="+hook.URL+"/r?token=abc123")
-	s.waitStatus(s.submit("resize", 0, 0), "succeeded")
+	s := start(t, "--instance-id", "api-1", "--log-level", "debug", "--handler", "resize="+hook.URL+"/r?token=abc123")
+	id := s.waitStatus(s.submit("resize", 0, 0), "succeeded")["id"]
+	if l := s.findLog("attempt started"); l == nil || l["level"] != "debug" || l["task_id"] != id || l["attempt"] != 1.0 {
+		t.Fatalf("attempt started line: %v", l)
+	}
 	l := s.findLog("taskqueue listening")
 	if l["version"] == nil || l["version"] == "" || l["queue_size"] != 10000.0 || l["memory_limit"] != float64(256<<20) || l["task_timeout"] != "30s" {
 		t.Fatalf("start-up line: %v", l)

@@ -407,3 +407,41 @@ func TestResponsesAreJSON(t *testing.T) {
 		t.Fatalf("%s", b)
 	}
 }
+
+// Request bodies being read at once are bounded: past the budget a
+// submission gets 503 with Retry-After instead of more memory.
+func TestInflightBodiesAreBounded(t *testing.T) {
+	ctrl := gomock.NewController(t)
+	svc := mocks.NewMockTaskService(ctrl)
+	log, _ := test.NewNullLogger()
+	h := httpapi.New(svc, httpapi.Options{MaxBodyBytes: 256, MaxInflightBodyBytes: 300}, log)
+	body := `{"type":"example_task","payload":{"k":"` + strings.Repeat("a", 150) + `"}}`
+	entered, release := make(chan struct{}), make(chan struct{})
+	svc.EXPECT().Submit(gomock.Any(), gomock.Any()).DoAndReturn(func(context.Context, ports.Submission) (*domain.Task, error) {
+		close(entered)
+		<-release
+		return pendingTask(t), nil
+	})
+	done := make(chan int)
+	go func() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/task", strings.NewReader(body)))
+		done <- rec.Code
+	}()
+	<-entered
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/task", strings.NewReader(body)))
+	if msg := errorOf(t, rec, 503); !strings.Contains(msg, "in flight") || rec.Header().Get("Retry-After") != "1" {
+		t.Fatalf("second body over the budget: %q %v", msg, rec.Header())
+	}
+	close(release)
+	if code := <-done; code != 202 {
+		t.Fatalf("first submission: %d", code)
+	}
+	svc.EXPECT().Submit(gomock.Any(), gomock.Any()).Return(pendingTask(t), nil)
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/task", strings.NewReader(body)))
+	if rec.Code != 202 {
+		t.Fatalf("after the first finished: %d; the budget was not given back", rec.Code)
+	}
+}
