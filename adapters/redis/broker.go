@@ -77,18 +77,19 @@ type Broker struct {
 	// puts back once Redis answers again.
 	lost []string
 
-	waiters     chan *waiter
-	calls       chan *call
-	callMu      sync.RWMutex
-	callsClosed bool
-	kick        chan struct{} // asks maintenance to run now
-	ctx         context.Context
-	cancel      context.CancelFunc
-	stop        chan struct{}
-	loops       sync.WaitGroup // fetch, renew, maintain, sweep
-	callers     sync.WaitGroup // pipeline workers
-	closed      atomic.Bool
-	sweeps      atomic.Int64 // sweep passes this instance ran
+	waiters      chan *waiter
+	calls        chan *call
+	callMu       sync.RWMutex
+	callsClosed  bool
+	kick         chan struct{} // asks maintenance to run now
+	ctx          context.Context
+	cancel       context.CancelFunc
+	stop         chan struct{}
+	loops        sync.WaitGroup // fetch, renew, maintain, sweep
+	callers      sync.WaitGroup // pipeline workers
+	closed       atomic.Bool
+	sweeps       atomic.Int64 // sweep passes this instance ran
+	renewFailing atomic.Bool  // the last renewal could not reach Redis
 }
 
 // lease is an attempt this instance runs.
@@ -160,6 +161,11 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	copts.PoolSize = max(copts.PoolSize, 32)
+	// No silent retries inside go-redis: a script whose reply was lost may
+	// have run, and running it again would start a second set of attempts
+	// (dequeue) or report a stored task as a duplicate (enqueue). The
+	// broker retries where that is safe, knowing which call it repeats.
+	copts.MaxRetries = -1
 	rdb := goredis.NewClient(copts)
 	b, err := open(ctx, rdb, copts, opts)
 	if err != nil {
@@ -509,6 +515,9 @@ func (b *Broker) Close(ctx context.Context) (stillHeld int) {
 	case <-loopsDone:
 	case <-ctx.Done():
 		b.log.Warn("background work did not stop within the shutdown budget; closing the connection under it")
+	}
+	if err := b.reclaimLost(ctx); err != nil {
+		b.log.WithError(err).Warn("cannot put back tasks started while a reply was lost; their leases will expire and other instances recover them")
 	}
 	stillHeld = b.Held()
 	if stillHeld > 0 {

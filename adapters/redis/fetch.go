@@ -214,10 +214,11 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
 		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, tokens, b.opts.Instance)
 	if err != nil {
-		if ctx.Err() == nil && !replied(err) {
-			// The call may have run and its reply been lost: remember its
-			// tokens, so the attempts it started are put back, not left
-			// to expire and cost a retry.
+		if errors.Is(err, domain.ErrUnavailable) && !replied(err) {
+			// The call was sent and may have run, its reply lost: remember
+			// its tokens, so the attempts it started are put back, not left
+			// to expire and cost a retry. (A call never sent returns ctx's
+			// error or ErrShuttingDown.)
 			b.mu.Lock()
 			b.lost = append(b.lost, tokens+":")
 			if len(b.lost) > maxLost {

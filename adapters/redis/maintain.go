@@ -16,10 +16,34 @@ import (
 )
 
 // renewLoop extends the leases of the attempts this instance runs, three
-// times per lease period, in one script call.
-func (b *Broker) renewLoop() { b.every(b.opts.Lease/3, nil, b.renew) }
+// times per lease period, in one script call. A renewal that fails is
+// tried again soon (100 ms, doubling), so one lost call during a short
+// outage does not cost a lease.
+func (b *Broker) renewLoop() {
+	defer b.loops.Done()
+	interval := b.opts.Lease / 3
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	retry := 100 * time.Millisecond
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		}
+		if b.renew() {
+			t.Reset(interval)
+			retry = 100 * time.Millisecond
+			continue
+		}
+		t.Reset(min(retry, interval))
+		retry *= 2
+	}
+}
 
-func (b *Broker) renew() {
+// renew renews every held lease; it reports false when Redis could not be
+// asked.
+func (b *Broker) renew() bool {
 	b.mu.Lock()
 	args := make([]any, 0, 2+2*len(b.held))
 	start := b.opts.Now()
@@ -32,16 +56,19 @@ func (b *Broker) renew() {
 	}
 	b.mu.Unlock()
 	if len(tokens) == 0 {
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
 	defer cancel()
 	lost, err := b.scripts.renew.Run(ctx, b.rdb, []string{b.keys.running}, args...).StringSlice()
 	if err != nil {
-		if b.ctx.Err() == nil {
-			b.log.WithError(classify(err)).Warn("cannot renew leases; if Redis stays away past a lease, other instances take over its task")
+		if b.ctx.Err() == nil && !b.renewFailing.Swap(true) {
+			b.log.WithError(classify(err)).Warn("cannot renew leases; retrying; if Redis stays away past a lease, other instances take over its tasks")
 		}
-		return
+		return false
+	}
+	if b.renewFailing.Swap(false) {
+		b.log.Info("renewing leases again")
 	}
 	gone := make(map[uuid.UUID]bool, len(lost))
 	for _, raw := range lost {
@@ -62,10 +89,11 @@ func (b *Broker) renew() {
 		}
 	}
 	b.mu.Unlock()
+	return true
 }
 
 // every calls fn every interval, and whenever kick has a value, until
-// Close; it is the body of each background loop.
+// Close; it is the body of the maintenance and sweep loops.
 func (b *Broker) every(interval time.Duration, kick <-chan struct{}, fn func()) {
 	defer b.loops.Done()
 	t := time.NewTicker(interval)
