@@ -213,7 +213,7 @@ func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts
 		finished: tag + "finished", seq: tag + "seq", wake: tag + "wake", task: tag + "t:",
 		schema: tag + "schema", sweep: tag + "sweep",
 	}
-	if err := checkSchema(pingCtx, rdb, k); err != nil {
+	if err := checkSchema(ctx, rdb, k, opts); err != nil {
 		return nil, err
 	}
 	bopts := *copts
@@ -264,9 +264,10 @@ func supportsScriptFlags(ctx context.Context, rdb *goredis.Client) (bool, error)
 	return false, nil
 }
 
-// checkSchema marks a new queue with this layout's version, and refuses a
-// queue written by an older version, whose records this one cannot read.
-func checkSchema(ctx context.Context, rdb *goredis.Client, k keys) error {
+// checkSchema marks a new queue with this layout's version, converts a
+// queue written in the first layout (see migrateV1), and refuses a layout
+// it does not know.
+func checkSchema(ctx context.Context, rdb *goredis.Client, k keys, opts Options) error {
 	v, err := rdb.Get(ctx, k.schema).Result()
 	switch {
 	case err == nil && v == schemaVersion:
@@ -281,7 +282,7 @@ func checkSchema(ctx context.Context, rdb *goredis.Client, k keys) error {
 		return fmt.Errorf("read queue layout: %w", err)
 	}
 	if used > 0 {
-		return fmt.Errorf("queue %s was written by an older version of taskqueue (before key layout %s); let its instances drain it, then start this version with the same --redis-prefix after deleting its keys, or with a new --redis-prefix", strings.TrimSuffix(k.schema, ":schema"), schemaVersion)
+		return migrateV1(ctx, rdb, k, opts.Instance, opts.Log)
 	}
 	return rdb.SetNX(ctx, k.schema, schemaVersion, 0).Err()
 }

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/taskqueue/taskqueue/adapters/brokertest"
 	"github.com/taskqueue/taskqueue/adapters/redis"
@@ -286,14 +288,67 @@ func BenchmarkGetWithRunning(b *testing.B) {
 	}
 }
 
-// A queue written with the previous key layout is refused at start with a
-// message saying what to do, not misread.
-func TestOlderLayoutIsRefused(t *testing.T) {
+// A queue written in the first key layout (one JSON string per task,
+// running attempts as "id|token" members, a finished list) is converted
+// at start, so an upgrade keeps every task.
+func TestFirstLayoutIsConverted(t *testing.T) {
 	prefix := newPrefix(t)
-	rawClient(t).Set(ctx5(t), "{"+prefix+"}:seq", 41, 0)
-	_, err := redis.New(context.Background(), redis.Options{URL: redisURL(t), Prefix: prefix, QueueSize: 1, Lease: time.Second, Log: quietLog()})
-	if err == nil || !strings.Contains(err.Error(), "older version") {
-		t.Fatalf("New on an older queue: %v", err)
+	tag := "{" + prefix + "}:"
+	c := rawClient(t)
+	ctx := ctx5(t)
+	now := time.Now()
+	ns := func(t time.Time) string { return strconv.FormatInt(t.UnixNano(), 10) }
+	record := func(status string, attempts int, extra string) string {
+		return `{"t":"resize","p":"{\"w\":64}","pr":3,"mr":1,"s":"` + status + `","a":` + strconv.Itoa(attempts) +
+			`,"c":"` + ns(now) + `","u":"` + ns(now) + `"` + extra + `}`
 	}
-	newBroker(t, newPrefix(t), nil) // a new queue is marked with the layout
+	pending, retrying, running, finished := uuid.New().String(), uuid.New().String(), uuid.New().String(), uuid.New().String()
+	c.Set(ctx, tag+"t:"+pending, record("pending", 0, ""), 0)
+	c.Set(ctx, tag+"t:"+retrying, record("retrying", 1, `,"e":"boom","n":"`+ns(now.Add(-time.Second))+`"`), 0)
+	c.Set(ctx, tag+"t:"+running, record("pending", 0, ""), 0)
+	c.Set(ctx, tag+"t:"+finished, record("succeeded", 1, `,"st":"`+ns(now)+`","f":"`+ns(now)+`"`), time.Hour)
+	c.ZAdd(ctx, tag+"ready", goredis.Z{Score: 6 * (1 << 48), Member: pending})
+	c.ZAdd(ctx, tag+"delayed", goredis.Z{Score: float64(now.Add(-time.Second).UnixMilli()), Member: retrying})
+	c.ZAdd(ctx, tag+"running", goredis.Z{Score: float64(now.Add(-time.Second).UnixMilli()), Member: running + "|old-host:7:1:" + ns(now)})
+	c.LPush(ctx, tag+"finished", finished)
+	c.Set(ctx, tag+"seq", 3, 0)
+
+	b := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
+	if v, _ := c.Get(ctx, tag+"schema").Result(); v != "2" {
+		t.Fatalf("schema after conversion: %q", v)
+	}
+	for _, id := range []string{pending, retrying, running, finished} {
+		if typ, _ := c.Type(ctx, tag+"t:"+id).Result(); typ != "hash" {
+			t.Fatalf("record %s is a %s after conversion", id, typ)
+		}
+	}
+	if ttl, _ := c.PTTL(ctx, tag+"t:"+finished).Result(); ttl < 50*time.Minute {
+		t.Fatalf("finished task lost its TTL: %v", ttl)
+	}
+	if typ, _ := c.Type(ctx, tag+"finished").Result(); typ != "zset" {
+		t.Fatalf("finished index is a %s", typ)
+	}
+	get := func(id string) *domain.Task { return status(t, b, uuid.MustParse(id)) }
+	if got := get(finished); got.Status() != domain.StatusSucceeded || got.Attempts() != 1 || string(got.Payload()) != `{"w":64}` {
+		t.Fatalf("finished task: %+v", got.Snapshot())
+	}
+	if got := get(pending); got.Status() != domain.StatusPending || got.RetriesLeft() != 1 {
+		t.Fatalf("pending task: %+v", got.Snapshot())
+	}
+	// The attempt an older instance was running is recovered when its
+	// lease runs out, as a failed attempt; the others run.
+	seen := map[string]*domain.Task{}
+	for len(seen) < 3 {
+		task, err := b.Dequeue(ctx5(t))
+		if err != nil {
+			t.Fatalf("dequeue after conversion (got %v): %v", seen, err)
+		}
+		seen[task.ID().String()] = task
+	}
+	if got := seen[running]; got == nil || got.Attempts() != 2 || !strings.Contains(got.LastError(), "lease expired") {
+		t.Fatalf("the older instance's attempt: %+v", got)
+	}
+	if got := seen[retrying]; got == nil || got.Attempts() != 2 || got.RetriesLeft() != 0 {
+		t.Fatalf("retrying task: %+v", got)
+	}
 }

@@ -1,0 +1,224 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/sirupsen/logrus"
+)
+
+// The first key layout (before schemaVersion 2) kept a task as one JSON
+// string, its running attempts as members "id|token:n:start_ns" of the
+// running set (the record itself stayed as it was before the attempt), and
+// finished tasks in a list. migrateV1 rewrites such a queue in place, so an
+// upgrade keeps every task. Stop the instances of the older version first:
+// they cannot read what this writes.
+
+// recordV1 is a task as the first layout stored it.
+type recordV1 struct {
+	Type       string `json:"t"`
+	Payload    string `json:"p"`
+	Priority   int    `json:"pr"`
+	MaxRetries int    `json:"mr"`
+	Status     string `json:"s"`
+	Attempts   int    `json:"a"`
+	LastError  string `json:"e,omitempty"`
+	Created    string `json:"c"`
+	Updated    string `json:"u"`
+	Started    string `json:"st,omitempty"`
+	Finished   string `json:"f,omitempty"`
+	Next       string `json:"n,omitempty"`
+}
+
+// convertV1Script replaces one v1 record by its hash, keeping its TTL, and
+// moves its running attempt, if any, to the new running member.
+// KEYS: task, running. ARGV: data, state, pttl_ms, old member or '',
+// lease_ms. Returns 1 when it converted the record.
+var convertV1Script = goredis.NewScript(`
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 's', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if ARGV[4] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  local id = string.sub(ARGV[4], 1, string.find(ARGV[4], '|', 1, true) - 1)
+  redis.call('ZADD', KEYS[2], ARGV[5], id)
+end
+return 1
+`)
+
+// swapFinishedScript replaces the v1 finished list by the sorted set built
+// beside it. KEYS: finished, new finished.
+var swapFinishedScript = goredis.NewScript(`
+if redis.call('TYPE', KEYS[1]).ok == 'list' then redis.call('DEL', KEYS[1]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end
+return 1
+`)
+
+// migrateV1 rewrites a v1 queue in the current layout, under a lock so
+// several instances starting at once migrate it once. It is safe to run
+// again after an interruption: it converts only what is still in v1 form.
+func migrateV1(ctx context.Context, rdb *goredis.Client, k keys, instance string, log logrus.FieldLogger) error {
+	lock := k.schema + ":migrating"
+	ok, err := rdb.SetNX(ctx, lock, instance, 10*time.Minute).Result()
+	if err != nil {
+		return fmt.Errorf("migrate queue: %w", err)
+	}
+	if !ok {
+		return errors.New("another instance is converting this queue from the older key layout; start again when it is done")
+	}
+	defer rdb.Del(context.WithoutCancel(ctx), lock)
+	started := time.Now()
+
+	// Running attempts: member "id|token:n:start_ns", scored by lease.
+	members, err := rdb.ZRangeWithScores(ctx, k.running, 0, -1).Result()
+	if err != nil {
+		return fmt.Errorf("migrate queue: read running set: %w", err)
+	}
+	running := map[string]goredis.Z{}
+	for _, m := range members {
+		if member, _ := m.Member.(string); strings.Contains(member, "|") {
+			id, _, _ := strings.Cut(member, "|")
+			running[id] = m
+		}
+	}
+
+	converted := 0
+	iter := rdb.ScanType(ctx, 0, k.task+"*", 500, "string").Iterator()
+	for iter.Next(ctx) {
+		key := iter.Val()
+		n, err := convertV1(ctx, rdb, k, key, running[strings.TrimPrefix(key, k.task)])
+		if err != nil {
+			return fmt.Errorf("migrate queue: %s: %w", key, err)
+		}
+		converted += n
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("migrate queue: scan records: %w", err)
+	}
+	finished, err := migrateFinishedV1(ctx, rdb, k)
+	if err != nil {
+		return fmt.Errorf("migrate queue: finished list: %w", err)
+	}
+	if err := rdb.Set(ctx, k.schema, schemaVersion, 0).Err(); err != nil {
+		return fmt.Errorf("migrate queue: %w", err)
+	}
+	log.WithFields(logrus.Fields{"tasks": converted, "finished": finished, "running": len(running), "took_ms": time.Since(started).Milliseconds()}).
+		Warn("converted the queue from the older key layout; attempts that older instances were running are recovered when their leases run out")
+	return nil
+}
+
+// convertV1 rewrites one v1 record; m is its running member, if it has
+// one. It returns 1 when it converted the record, 0 when it was gone or
+// already converted.
+func convertV1(ctx context.Context, rdb *goredis.Client, k keys, key string, m goredis.Z) (int, error) {
+	pipe := rdb.Pipeline()
+	get := pipe.Get(ctx, key)
+	ttl := pipe.PTTL(ctx, key)
+	if _, err := pipe.Exec(ctx); errors.Is(err, goredis.Nil) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	var r recordV1
+	if err := json.Unmarshal([]byte(get.Val()), &r); err != nil {
+		return 0, fmt.Errorf("corrupt record: %w", err)
+	}
+	d := data{Type: r.Type, MaxRetries: r.MaxRetries, Created: r.Created}
+	payload := []byte(r.Payload)
+	raw := len(payload) > 0 && json.Valid(payload)
+	if len(payload) > 0 && !raw {
+		d.PayloadString = &r.Payload
+	}
+	head, err := json.Marshal(d)
+	if err != nil {
+		return 0, err
+	}
+	rawData := string(head)
+	if raw {
+		rawData = string(head[:len(head)-1]) + `,"p":` + r.Payload + "}"
+	}
+	// The first layout counted no retries: each failed attempt before the
+	// last used one.
+	retries := r.Attempts
+	switch r.Status {
+	case "succeeded":
+		retries--
+	case "failed":
+		retries = r.MaxRetries
+	}
+	st := state{
+		Priority: r.Priority, Status: r.Status, Attempts: r.Attempts, Retries: min(max(retries, 0), r.MaxRetries),
+		LastError: r.LastError, Updated: r.Updated, Started: r.Started, Finished: r.Finished, Next: r.Next,
+	}
+	member, leaseMs := "", ""
+	if old, _ := m.Member.(string); old != "" {
+		// The record held the state before the running attempt; the member
+		// held the attempt. No instance of this version holds it: it is
+		// recovered as a failed attempt when its lease runs out.
+		startNs := old[strings.LastIndexByte(old, ':')+1:]
+		member, leaseMs = old, strconv.FormatFloat(m.Score, 'f', 0, 64)
+		st.PrevStarted, st.PrevUpdated = st.Started, st.Updated
+		st.Status, st.Attempts, st.Started, st.Updated, st.Next = "running", r.Attempts+1, startNs, startNs, ""
+		st.Token, st.Lease, st.Instance = "v1:"+old[strings.IndexByte(old, '|')+1:], leaseMs, "an instance of the older version"
+		st.Score = strconv.FormatFloat(float64(9-r.Priority)*(1<<48), 'f', 0, 64)
+	}
+	rawState, err := json.Marshal(st)
+	if err != nil {
+		return 0, err
+	}
+	n, err := convertV1Script.Run(ctx, rdb, []string{key, k.running}, rawData, string(rawState), ttl.Val().Milliseconds(), member, leaseMs).Int()
+	return n, err
+}
+
+// migrateFinishedV1 turns the v1 finished list into the sorted set by
+// finish time, built beside it and swapped in at once.
+func migrateFinishedV1(ctx context.Context, rdb *goredis.Client, k keys) (int, error) {
+	typ, err := rdb.Type(ctx, k.finished).Result()
+	if err != nil || typ != "list" {
+		return 0, err
+	}
+	ids, err := rdb.LRange(ctx, k.finished, 0, -1).Result()
+	if err != nil {
+		return 0, err
+	}
+	staging := k.finished + ":v2"
+	rdb.Del(ctx, staging)
+	n := 0
+	for start := 0; start < len(ids); start += 500 {
+		chunk := ids[start:min(start+500, len(ids))]
+		pipe := rdb.Pipeline()
+		states := make([]*goredis.StringCmd, len(chunk))
+		for i, id := range chunk {
+			states[i] = pipe.HGet(ctx, k.task+id, "s")
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return n, err
+		}
+		var members []goredis.Z
+		for i, id := range chunk {
+			var st state
+			if states[i].Err() != nil || json.Unmarshal([]byte(states[i].Val()), &st) != nil {
+				continue // expired meanwhile
+			}
+			at := fromNanos(st.Finished)
+			if at.IsZero() {
+				at = time.Now()
+			}
+			members = append(members, goredis.Z{Score: float64(at.UnixMilli()), Member: id})
+		}
+		if len(members) > 0 {
+			if err := rdb.ZAdd(ctx, staging, members...).Err(); err != nil {
+				return n, err
+			}
+			n += len(members)
+		}
+	}
+	return n, swapFinishedScript.Run(ctx, rdb, []string{k.finished, staging}).Err()
+}
