@@ -38,7 +38,7 @@ type recordV1 struct {
 
 // convertV1Script replaces one v1 record by its hash, keeping its TTL, and
 // moves its running attempt, if any, to the new running member.
-// KEYS: task, running. ARGV: data, state, pttl_ms, old member or '',
+// KEYS: task, running. ARGV: data, state, pttl_ms, old member (or empty),
 // lease_ms. Returns 1 when it converted the record.
 var convertV1Script = goredis.NewScript(`
 if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
