@@ -59,7 +59,7 @@ func TestParsePriority(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	t.Parallel()
-	for _, s := range []domain.Status{domain.StatusPending, domain.StatusRunning, domain.StatusRetrying, domain.StatusSucceeded, domain.StatusFailed} {
+	for _, s := range domain.Statuses() {
 		got, err := domain.ParseStatus(s.String())
 		if err != nil || got != s || !s.Valid() {
 			t.Errorf("round trip of %v gave %v, %v", s, got, err)
@@ -71,11 +71,17 @@ func TestStatus(t *testing.T) {
 	if _, err := domain.ParseStatus(""); !errors.Is(err, domain.ErrInvalidInput) {
 		t.Errorf("ParseStatus(\"\") error = %v", err)
 	}
-	if domain.Status(0).Valid() || domain.Status(6).Valid() {
+	if domain.Status(0).Valid() || domain.Status(8).Valid() {
 		t.Error("zero and out-of-range statuses must not be valid")
 	}
-	if !domain.StatusFailed.Finished() || !domain.StatusSucceeded.Finished() || domain.StatusRetrying.Finished() {
+	if !domain.StatusFailed.Finished() || !domain.StatusSucceeded.Finished() || !domain.StatusCancelled.Finished() || domain.StatusRetrying.Finished() || domain.StatusScheduled.Finished() {
 		t.Error("Finished is wrong")
+	}
+	if !domain.StatusScheduled.Waiting() || !domain.StatusRetrying.Waiting() || domain.StatusRunning.Waiting() || domain.StatusCancelled.Waiting() {
+		t.Error("Waiting is wrong")
+	}
+	if len(domain.Statuses()) != 7 {
+		t.Errorf("Statuses() = %v", domain.Statuses())
 	}
 }
 
@@ -324,6 +330,8 @@ func TestTaskIllegalTransitions(t *testing.T) {
 	to := func(s domain.Status) *domain.Task {
 		task := newTask(t, 1)
 		switch s {
+		case domain.StatusScheduled:
+			_ = task.Schedule(t0.Add(time.Hour), t0)
 		case domain.StatusRunning:
 			_ = task.Start(t0)
 		case domain.StatusRetrying:
@@ -336,6 +344,8 @@ func TestTaskIllegalTransitions(t *testing.T) {
 			task = newTask(t, 0)
 			_ = task.Start(t0)
 			_ = task.Fail(t0, "x", policy, 0)
+		case domain.StatusCancelled:
+			_ = task.Cancel(t0)
 		}
 		if task.Status() != s {
 			t.Fatalf("setup reached %v, want %v", task.Status(), s)
@@ -343,18 +353,25 @@ func TestTaskIllegalTransitions(t *testing.T) {
 		return task
 	}
 	actions := map[string]func(*domain.Task) error{
-		"start":   func(k *domain.Task) error { return k.Start(t0) },
-		"succeed": func(k *domain.Task) error { return k.Succeed(t0) },
-		"fail":    func(k *domain.Task) error { return k.Fail(t0, "x", policy, 0) },
-		"requeue": func(k *domain.Task) error { return k.Requeue(t0) },
-		"release": func(k *domain.Task) error { return k.Release(t0, "x") },
+		"start":    func(k *domain.Task) error { return k.Start(t0) },
+		"succeed":  func(k *domain.Task) error { return k.Succeed(t0) },
+		"fail":     func(k *domain.Task) error { return k.Fail(t0, "x", policy, 0) },
+		"requeue":  func(k *domain.Task) error { return k.Requeue(t0) },
+		"release":  func(k *domain.Task) error { return k.Release(t0, "x") },
+		"schedule": func(k *domain.Task) error { return k.Schedule(t0.Add(time.Hour), t0) },
+		"make due": func(k *domain.Task) error { return k.Due(t0) },
+		"cancel":   func(k *domain.Task) error { return k.Cancel(t0) },
+		"retry":    func(k *domain.Task) error { return k.Retry(t0) },
+		"delete":   func(k *domain.Task) error { return k.CheckDelete() },
 	}
 	allowed := map[domain.Status]map[string]bool{
-		domain.StatusPending:   {"start": true},
-		domain.StatusRunning:   {"succeed": true, "fail": true, "release": true},
-		domain.StatusRetrying:  {"requeue": true},
-		domain.StatusSucceeded: {},
-		domain.StatusFailed:    {},
+		domain.StatusScheduled: {"make due": true, "cancel": true},
+		domain.StatusPending:   {"start": true, "schedule": true, "cancel": true},
+		domain.StatusRunning:   {"succeed": true, "fail": true, "release": true, "cancel": true},
+		domain.StatusRetrying:  {"requeue": true, "cancel": true},
+		domain.StatusSucceeded: {"delete": true},
+		domain.StatusFailed:    {"retry": true, "delete": true},
+		domain.StatusCancelled: {"retry": true, "delete": true},
 	}
 	for from, ok := range allowed {
 		for name, act := range actions {
@@ -377,6 +394,69 @@ func TestTaskIllegalTransitions(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+func TestSchedule(t *testing.T) {
+	t.Parallel()
+	task := newTask(t, 0)
+	if err := task.Schedule(t0.Add(time.Minute), t0); err != nil || task.Status() != domain.StatusScheduled || task.DueAt() != t0.Add(time.Minute) {
+		t.Fatalf("scheduled a minute ahead: %v %+v", err, task.Snapshot())
+	}
+	if err := task.Due(t0.Add(time.Minute)); err != nil || task.Status() != domain.StatusPending || task.RunAt() != t0.Add(time.Minute) {
+		t.Fatalf("due: %v %+v", err, task.Snapshot())
+	}
+	past := newTask(t, 0)
+	if err := past.Schedule(t0.Add(-time.Hour), t0); err != nil || past.Status() != domain.StatusPending {
+		t.Fatalf("a time in the past means now: %v %v", err, past.Status())
+	}
+	far := newTask(t, 0)
+	var ve *domain.ValidationError
+	if err := far.Schedule(t0.Add(domain.MaxScheduleAhead+time.Second), t0); !errors.As(err, &ve) || ve.Field != "run_at" {
+		t.Fatalf("more than 366 days ahead: %v", err)
+	}
+}
+
+func TestCancelAndRetryByHand(t *testing.T) {
+	t.Parallel()
+	policy := mustPolicy(t, time.Second, time.Second)
+	task := newTask(t, 1)
+	_ = task.Start(t0)
+	if err := task.Cancel(t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if task.Status() != domain.StatusCancelled || !strings.Contains(task.LastError(), "cancelled while attempt 1 was running") || task.FinishedAt().IsZero() {
+		t.Fatalf("cancelled while running: %+v", task.Snapshot())
+	}
+	if err := task.Retry(t0.Add(2 * time.Second)); err != nil || task.Status() != domain.StatusPending || task.RetriesLeft() != 1 || task.Attempts() != 1 || !task.FinishedAt().IsZero() {
+		t.Fatalf("retried by hand: %v %+v", err, task.Snapshot())
+	}
+	_ = task.Start(t0)
+	_ = task.Fail(t0, "x", policy, 0)
+	_ = task.Requeue(t0)
+	_ = task.Start(t0)
+	_ = task.Fail(t0, "x", policy, 0)
+	if task.Status() != domain.StatusFailed || task.Attempts() != 3 {
+		t.Fatalf("a fresh budget of one retry: %+v", task.Snapshot())
+	}
+	if err := task.Retry(t0); err != nil || task.RetriesLeft() != 1 {
+		t.Fatalf("retry of a failed task: %v %+v", err, task.Snapshot())
+	}
+}
+
+func TestResult(t *testing.T) {
+	t.Parallel()
+	if r := domain.NewResult([]byte(`{"ok":true}`), 64); r.Truncated || string(r.Data) != `{"ok":true}` {
+		t.Fatalf("small result: %+v", r)
+	}
+	r := domain.NewResult([]byte(`"ééé"`), 4) // é is two bytes: never split one
+	if !r.Truncated || string(r.Data) != `"é` {
+		t.Fatalf("cut result: %+v %q", r, r.Data)
+	}
+	task := newTask(t, 0)
+	_ = task.Start(t0)
+	if err := task.SucceedWith(t0, r); err != nil || !task.Result().Truncated {
+		t.Fatalf("succeed with result: %v %+v", err, task.Result())
 	}
 }
 

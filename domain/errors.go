@@ -32,6 +32,12 @@ var (
 	// ErrInvalidTransition marks a status change the task's lifecycle does
 	// not allow; the wrapping *TransitionError says which.
 	ErrInvalidTransition = errors.New("invalid task status transition")
+	// ErrIdempotencyKeyReused is returned when an idempotency key comes back
+	// with a different request than the one it was first used for.
+	ErrIdempotencyKeyReused = errors.New("idempotency key was used for a different request")
+	// ErrIdempotencyInFlight is returned when an idempotency key comes back
+	// while the first request with it is still being processed.
+	ErrIdempotencyInFlight = errors.New("a request with this idempotency key is still being processed")
 	// ErrStaleAttempt is returned when the outcome of an attempt arrives
 	// after the broker stopped considering that attempt running (its lease
 	// expired and the task was recovered, or the outcome was already stored).
@@ -56,6 +62,19 @@ func (e *ValidationError) Unwrap() error { return ErrInvalidInput }
 func invalid(field, format string, args ...any) error {
 	return &ValidationError{Field: field, Problem: fmt.Sprintf(format, args...)}
 }
+
+// ItemError says which element of a batch broke a rule: its message is
+// the element's place ("tasks[3].") followed by the element's own error,
+// which names the field.
+type ItemError struct {
+	Index int
+	Err   error
+}
+
+func (e *ItemError) Error() string { return fmt.Sprintf("tasks[%d].%v", e.Index, e.Err) }
+
+// Unwrap returns the element's own error.
+func (e *ItemError) Unwrap() error { return e.Err }
 
 // UnknownTypeError says which type was asked for and which ones exist.
 type UnknownTypeError struct {

@@ -23,6 +23,8 @@ type TaskSnapshot struct {
 	StartedAt     time.Time
 	FinishedAt    time.Time
 	NextAttemptAt time.Time
+	RunAt         time.Time
+	Result        Result
 }
 
 // Snapshot returns a copy of the task's state.
@@ -42,6 +44,8 @@ func (t *Task) Snapshot() TaskSnapshot {
 		StartedAt:     t.startedAt,
 		FinishedAt:    t.finishedAt,
 		NextAttemptAt: t.nextAttemptAt,
+		RunAt:         t.runAt,
+		Result:        t.result,
 	}
 }
 
@@ -75,5 +79,9 @@ func RehydrateTask(s TaskSnapshot) (*Task, error) {
 	t.startedAt = s.StartedAt.UTC()
 	t.finishedAt = s.FinishedAt.UTC()
 	t.nextAttemptAt = s.NextAttemptAt.UTC()
+	if !s.RunAt.IsZero() {
+		t.runAt = s.RunAt.UTC()
+	}
+	t.result = s.Result
 	return t, nil
 }

@@ -7,14 +7,21 @@ import "fmt"
 type Status uint8
 
 // The statuses a task moves through:
-// pending -> running -> succeeded | retrying | failed; retrying -> pending.
+// scheduled -> pending -> running -> succeeded | retrying | failed;
+// retrying -> pending; any status not terminal -> cancelled; failed |
+// cancelled -> pending (retried by hand).
 const (
 	StatusPending Status = iota + 1
 	StatusRunning
 	StatusRetrying
 	StatusSucceeded
 	StatusFailed
+	StatusScheduled
+	StatusCancelled
 )
+
+// StatusCount bounds the values of Status, for arrays indexed by status.
+const StatusCount = int(StatusCancelled) + 1
 
 var statusNames = [...]string{
 	StatusPending:   "pending",
@@ -22,6 +29,13 @@ var statusNames = [...]string{
 	StatusRetrying:  "retrying",
 	StatusSucceeded: "succeeded",
 	StatusFailed:    "failed",
+	StatusScheduled: "scheduled",
+	StatusCancelled: "cancelled",
+}
+
+// Statuses returns every status, in the order the API shows them.
+func Statuses() []Status {
+	return []Status{StatusScheduled, StatusPending, StatusRunning, StatusRetrying, StatusSucceeded, StatusFailed, StatusCancelled}
 }
 
 // ParseStatus returns the status named s, or a *ValidationError.
@@ -35,10 +49,23 @@ func ParseStatus(s string) (Status, error) {
 }
 
 // Valid reports whether s is one of the declared statuses.
-func (s Status) Valid() bool { return s >= StatusPending && s <= StatusFailed }
+func (s Status) Valid() bool { return s >= StatusPending && s <= StatusCancelled }
 
-// Finished reports whether s is a terminal status.
-func (s Status) Finished() bool { return s == StatusSucceeded || s == StatusFailed }
+// Finished reports whether s is a terminal status: succeeded, failed or
+// cancelled.
+func (s Status) Finished() bool {
+	return s == StatusSucceeded || s == StatusFailed || s == StatusCancelled
+}
+
+// Waiting reports whether a task in status s waits to run (scheduled,
+// pending or retrying): what --queue-size bounds.
+func (s Status) Waiting() bool {
+	return s == StatusScheduled || s == StatusPending || s == StatusRetrying
+}
+
+// DeadLetter reports whether s is a terminal status that did not succeed
+// (failed or cancelled): kept longer, and retried by hand.
+func (s Status) DeadLetter() bool { return s == StatusFailed || s == StatusCancelled }
 
 // String returns the lower-case name used in logs and the API.
 func (s Status) String() string {

@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -11,6 +12,8 @@ const (
 	MaxTypeLength     = 128
 	MaxMaxRetries     = 100
 	DefaultMaxRetries = 1
+	// MaxScheduleAhead is how far ahead a task may be scheduled.
+	MaxScheduleAhead = 366 * 24 * time.Hour
 )
 
 // Task is one unit of work: a type naming its handler, an opaque payload,
@@ -33,6 +36,8 @@ type Task struct {
 	startedAt     time.Time
 	finishedAt    time.Time
 	nextAttemptAt time.Time
+	runAt         time.Time
+	result        Result
 }
 
 // NewTask returns a pending task, or a *ValidationError naming the first
@@ -133,6 +138,104 @@ func (t *Task) FinishedAt() time.Time { return t.finishedAt }
 // zero time.
 func (t *Task) NextAttemptAt() time.Time { return t.nextAttemptAt }
 
+// RunAt returns the time the task was scheduled for, or the zero time if
+// it was submitted to run at once.
+func (t *Task) RunAt() time.Time { return t.runAt }
+
+// DueAt returns when a task that waits for a time (scheduled or
+// retrying) becomes pending, or the zero time.
+func (t *Task) DueAt() time.Time {
+	switch t.status {
+	case StatusScheduled:
+		return t.runAt
+	case StatusRetrying:
+		return t.nextAttemptAt
+	}
+	return time.Time{}
+}
+
+// Result returns what the last successful attempt returned, if anything.
+func (t *Task) Result() Result { return t.result }
+
+// Schedule makes a new task wait until runAt: it becomes scheduled when
+// runAt is after now, and stays pending (due at once) otherwise. It
+// returns a *ValidationError for field "run_at" when runAt is more than
+// MaxScheduleAhead after now, and a *TransitionError unless the task is a
+// new pending one.
+func (t *Task) Schedule(runAt, now time.Time) error {
+	if t.status != StatusPending || t.attempts > 0 {
+		return &TransitionError{Action: "schedule", From: t.status}
+	}
+	if runAt.Sub(now) > MaxScheduleAhead {
+		return invalid("run_at", "must be at most %d days ahead, got %s", MaxScheduleAhead/(24*time.Hour), runAt.UTC().Format(time.RFC3339))
+	}
+	t.runAt = runAt.UTC()
+	if runAt.After(now) {
+		t.status = StatusScheduled
+	}
+	return nil
+}
+
+// Due makes a scheduled task pending once its time has come. It returns
+// a *TransitionError unless the task is scheduled.
+func (t *Task) Due(now time.Time) error {
+	if t.status != StatusScheduled {
+		return &TransitionError{Action: "make due", From: t.status}
+	}
+	t.status = StatusPending
+	t.updatedAt = now.UTC()
+	return nil
+}
+
+// Cancel ends a task that has not finished: it becomes cancelled, for
+// good (never retried by itself). A running attempt's outcome no longer
+// counts, and the last error says so. It returns a *TransitionError for a
+// task that has already finished.
+func (t *Task) Cancel(now time.Time) error {
+	if t.status.Finished() {
+		return &TransitionError{Action: "cancel", From: t.status}
+	}
+	now = now.UTC()
+	if t.status == StatusRunning {
+		t.lastError = fmt.Sprintf("cancelled while attempt %d was running; its outcome was discarded", t.attempts)
+	} else {
+		t.lastError = "cancelled before it ran again"
+		if t.attempts == 0 {
+			t.lastError = "cancelled before it ran"
+		}
+	}
+	t.status = StatusCancelled
+	t.nextAttemptAt = time.Time{}
+	t.finishedAt = now
+	t.updatedAt = now
+	return nil
+}
+
+// Retry puts a failed or cancelled task back to work: it is pending again
+// with a fresh retry budget (MaxRetries counts again from now; Attempts
+// keeps counting). It returns a *TransitionError from any other status.
+func (t *Task) Retry(now time.Time) error {
+	if !t.status.DeadLetter() {
+		return &TransitionError{Action: "retry", From: t.status}
+	}
+	t.status = StatusPending
+	t.retriesUsed = 0
+	t.finishedAt = time.Time{}
+	t.nextAttemptAt = time.Time{}
+	t.runAt = time.Time{}
+	t.updatedAt = now.UTC()
+	return nil
+}
+
+// CheckDelete returns a *TransitionError unless the task has finished:
+// only a finished task may be deleted (cancel it first).
+func (t *Task) CheckDelete() error {
+	if !t.status.Finished() {
+		return &TransitionError{Action: "delete", From: t.status}
+	}
+	return nil
+}
+
 // Start begins a new attempt of a pending task: it becomes running and its
 // attempt count grows by one. It returns a *TransitionError otherwise.
 func (t *Task) Start(now time.Time) error {
@@ -148,13 +251,19 @@ func (t *Task) Start(now time.Time) error {
 	return nil
 }
 
-// Succeed ends a running task's attempt in success. It returns a
-// *TransitionError unless the task is running.
-func (t *Task) Succeed(now time.Time) error {
+// Succeed ends a running task's attempt in success with no result. It
+// returns a *TransitionError unless the task is running.
+func (t *Task) Succeed(now time.Time) error { return t.SucceedWith(now, Result{}) }
+
+// SucceedWith ends a running task's attempt in success, keeping what the
+// attempt returned. It returns a *TransitionError unless the task is
+// running.
+func (t *Task) SucceedWith(now time.Time, result Result) error {
 	if t.status != StatusRunning {
 		return &TransitionError{Action: "succeed", From: t.status}
 	}
 	now = now.UTC()
+	t.result = result
 	t.status = StatusSucceeded
 	t.finishedAt = now
 	t.updatedAt = now
