@@ -40,6 +40,9 @@ type ProcessorConfig struct {
 	// UnavailableBackoff is how long a worker waits after the broker could
 	// not be reached before it asks again. Defaults to one second.
 	UnavailableBackoff time.Duration
+	// MaxResultBytes bounds a stored result; longer ones are cut and
+	// flagged. Defaults to domain.DefaultMaxResultBytes.
+	MaxResultBytes int
 	// Now and Random default to the wall clock and math/rand/v2.
 	Now    func() time.Time
 	Random func() float64
@@ -77,6 +80,9 @@ func NewProcessor(queue ports.TaskQueue, exec ports.Executor, handlers map[strin
 	}
 	if cfg.MaxAbandoned <= 0 {
 		cfg.MaxAbandoned = 1
+	}
+	if cfg.MaxResultBytes <= 0 {
+		cfg.MaxResultBytes = domain.DefaultMaxResultBytes
 	}
 	settleCtx, abort := context.WithCancel(context.Background())
 	return &Processor{queue: queue, exec: exec, handlers: handlers, cfg: cfg, log: log, settleCtx: settleCtx, abort: abort}
@@ -120,7 +126,7 @@ func (p *Processor) Abandoned() int { return int(p.abandoned.Load()) }
 // takeCtx's error or domain.ErrShuttingDown when there will be no task; a
 // failed attempt is recorded, not returned.
 func (p *Processor) ProcessNext(takeCtx, workCtx context.Context) error {
-	task, err := p.queue.Dequeue(takeCtx)
+	att, err := p.queue.Dequeue(takeCtx)
 	if err != nil {
 		if takeCtx.Err() != nil || errors.Is(err, domain.ErrShuttingDown) {
 			return err
@@ -132,11 +138,18 @@ func (p *Processor) ProcessNext(takeCtx, workCtx context.Context) error {
 		}
 		return err
 	}
-	p.runAttempt(workCtx, task)
+	p.runAttempt(workCtx, att)
 	return nil
 }
 
-func (p *Processor) runAttempt(workCtx context.Context, task *domain.Task) {
+// outcome is what a handler's call gave.
+type outcome struct {
+	result []byte
+	err    error
+}
+
+func (p *Processor) runAttempt(workCtx context.Context, att ports.Attempt) {
+	task := att.Task
 	attempt := task.Attempts()
 	fields := logrus.Fields{
 		"task_id":  task.ID(),
@@ -149,9 +162,10 @@ func (p *Processor) runAttempt(workCtx context.Context, task *domain.Task) {
 	}
 	start := p.cfg.Now()
 	attemptCtx, cancel := context.WithTimeout(workCtx, p.cfg.TaskTimeout)
-	done := make(chan error, 1)
+	done := make(chan outcome, 1)
 	go func(t *domain.Task) { done <- p.call(attemptCtx, t) }(task)
-	err, returned := p.wait(attemptCtx, done)
+	out, returned, cancelled := p.wait(attemptCtx, cancel, att.Cancelled, done)
+	err := out.err
 	if !returned {
 		// The handler may still read task: record the outcome on a copy.
 		cp := *task
@@ -163,10 +177,19 @@ func (p *Processor) runAttempt(workCtx context.Context, task *domain.Task) {
 	fields["duration_ms"] = end.Sub(start).Milliseconds()
 	log := p.log.WithFields(fields)
 
+	if cancelled {
+		// The task was cancelled while this attempt ran: its outcome does
+		// not count, and the broker has already let the attempt go.
+		log.Info("attempt stopped: the task was cancelled; its outcome was discarded")
+		if !returned {
+			p.abandon(log, done)
+		}
+		return
+	}
 	var panicErr *domain.PanicError
 	switch {
 	case returned && err == nil:
-		err = task.Succeed(end)
+		err = task.SucceedWith(end, domain.NewResult(out.result, p.cfg.MaxResultBytes))
 	case workCtx.Err() != nil:
 		if err != nil {
 			log = log.WithField("error", err.Error())
@@ -201,28 +224,32 @@ func (p *Processor) runAttempt(workCtx context.Context, task *domain.Task) {
 	}
 }
 
-// wait returns the handler's result, or returned=false when it has not
-// returned HandlerGrace after its context ended.
-func (p *Processor) wait(attemptCtx context.Context, done <-chan error) (err error, returned bool) {
+// wait returns the handler's outcome, or returned=false when it has not
+// returned HandlerGrace after its context ended. When cancelled closes
+// first it ends the handler's context (stop) and reports cancelled.
+func (p *Processor) wait(attemptCtx context.Context, stop context.CancelFunc, cancelled <-chan struct{}, done <-chan outcome) (out outcome, returned, wasCancelled bool) {
 	select {
-	case err = <-done:
-		return err, true
+	case out = <-done:
+		return out, true, false
 	case <-attemptCtx.Done():
+	case <-cancelled:
+		wasCancelled = true
+		stop()
 	}
 	grace := time.NewTimer(p.cfg.HandlerGrace)
 	defer grace.Stop()
 	select {
-	case err = <-done:
-		return err, true
+	case out = <-done:
+		return out, true, wasCancelled
 	case <-grace.C:
-		return nil, false
+		return outcome{}, false, wasCancelled
 	}
 }
 
 // abandon leaves a handler that did not return running on its own, counts
 // it, and logs when it finally returns. It returns a channel closed then,
 // and whether more handlers are abandoned than MaxAbandoned allows.
-func (p *Processor) abandon(log logrus.FieldLogger, done <-chan error) (returned <-chan struct{}, tooMany bool) {
+func (p *Processor) abandon(log logrus.FieldLogger, done <-chan outcome) (returned <-chan struct{}, tooMany bool) {
 	n := p.abandoned.Add(1)
 	log.WithField("abandoned_handlers", n).Warn("handler did not return after its context ended; recorded the attempt without it and left its goroutine running (it cannot be killed)")
 	ch := make(chan struct{})
@@ -242,7 +269,7 @@ func (p *Processor) settle(log logrus.FieldLogger, attempt int, task *domain.Tas
 	}
 	if err := p.queue.Settle(p.settleCtx, attempt, task); err != nil {
 		if errors.Is(err, domain.ErrStaleAttempt) {
-			log.WithError(err).Warn("attempt outcome discarded: another instance already took over the task")
+			log.WithError(err).Warn("attempt outcome discarded: the task was cancelled, or another instance took it over, meanwhile")
 			return
 		}
 		log.WithError(err).Error("cannot record attempt outcome; the broker recovers the task when its lease runs out")
@@ -273,16 +300,21 @@ func debugEnabled(log logrus.FieldLogger) bool {
 }
 
 // call runs the task's handler, turning a panic into a *domain.PanicError
-// and a missing handler into an error.
-func (p *Processor) call(ctx context.Context, task *domain.Task) (err error) {
+// and a missing handler into an error. A ResultHandler's result comes
+// back with it.
+func (p *Processor) call(ctx context.Context, task *domain.Task) (out outcome) {
 	h, ok := p.handlers[task.Type()]
 	if !ok {
-		return fmt.Errorf("no handler for type %q on this instance", task.Type())
+		return outcome{err: fmt.Errorf("no handler for type %q on this instance", task.Type())}
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			err = &domain.PanicError{Value: v, Stack: debug.Stack()}
+			out = outcome{err: &domain.PanicError{Value: v, Stack: debug.Stack()}}
 		}
 	}()
-	return h.Handle(ctx, task)
+	if rh, ok := h.(ports.ResultHandler); ok {
+		result, err := rh.HandleResult(ctx, task)
+		return outcome{result: result, err: err}
+	}
+	return outcome{err: h.Handle(ctx, task)}
 }

@@ -63,7 +63,7 @@ func runningTask(t *testing.T, typ string, maxRetries, attempt int) *domain.Task
 
 func (s processorSUT) process(t *testing.T, task *domain.Task) *domain.Task {
 	t.Helper()
-	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{Task: task}, nil)
 	var got *domain.Task
 	s.queue.EXPECT().Settle(gomock.Any(), task.Attempts(), gomock.Any()).DoAndReturn(
 		func(_ context.Context, _ int, stored *domain.Task) error { got = stored; return nil })
@@ -144,7 +144,7 @@ func TestProcessTimeout(t *testing.T) {
 	proc := application.NewProcessor(queue, nil, map[string]ports.Handler{"webhook": handler},
 		application.ProcessorConfig{Policy: policy, TaskTimeout: 20 * time.Millisecond}, log)
 	task := runningTask(t, "webhook", 0, 1)
-	queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{Task: task}, nil)
 	var got *domain.Task
 	queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(_ context.Context, _ int, st *domain.Task) error { got = st; return nil })
 	if err := proc.ProcessNext(context.Background(), context.Background()); err != nil {
@@ -164,7 +164,7 @@ func TestProcessHandsBackWhenStopped(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	})
-	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{Task: task}, nil)
 	var got *domain.Task
 	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(ctx context.Context, _ int, st *domain.Task) error {
 		if ctx.Err() != nil {
@@ -193,7 +193,7 @@ func TestProcessUnknownTypeFails(t *testing.T) {
 func TestProcessStaleSettleIsLoggedNotFatal(t *testing.T) {
 	s := newProcessorSUT(t)
 	task := runningTask(t, "webhook", 0, 1)
-	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{Task: task}, nil)
 	s.handler.EXPECT().Handle(gomock.Any(), task).Return(nil)
 	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).Return(domain.ErrStaleAttempt)
 	if err := s.proc.ProcessNext(context.Background(), context.Background()); err != nil {
@@ -206,14 +206,14 @@ func TestProcessStaleSettleIsLoggedNotFatal(t *testing.T) {
 
 func TestProcessDequeueErrors(t *testing.T) {
 	s := newProcessorSUT(t)
-	s.queue.EXPECT().Dequeue(gomock.Any()).Return(nil, domain.ErrUnavailable)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{}, domain.ErrUnavailable)
 	if err := s.proc.ProcessNext(context.Background(), context.Background()); !errors.Is(err, domain.ErrUnavailable) {
 		t.Fatalf("got %v", err)
 	}
 	if lastLevel(s.logs) != logrus.WarnLevel {
 		t.Fatal("unavailable broker not logged")
 	}
-	s.queue.EXPECT().Dequeue(gomock.Any()).Return(nil, domain.ErrShuttingDown)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{}, domain.ErrShuttingDown)
 	if err := s.proc.ProcessNext(context.Background(), context.Background()); !errors.Is(err, domain.ErrShuttingDown) {
 		t.Fatalf("got %v", err)
 	}
@@ -223,8 +223,8 @@ func TestRunFeedsExecutorUntilQueueCloses(t *testing.T) {
 	s := newProcessorSUT(t)
 	task := runningTask(t, "webhook", 0, 1)
 	gomock.InOrder(
-		s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil),
-		s.queue.EXPECT().Dequeue(gomock.Any()).Return(nil, domain.ErrShuttingDown),
+		s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{Task: task}, nil),
+		s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{}, domain.ErrShuttingDown),
 	)
 	s.handler.EXPECT().Handle(gomock.Any(), task).Return(nil)
 	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).Return(nil)
@@ -279,7 +279,7 @@ func newHungSUT(t *testing.T, maxAbandoned int) hungSUT {
 
 func (s hungSUT) expectTask(t *testing.T, maxRetries int) (*domain.Task, chan *domain.Task) {
 	task := runningTask(t, "webhook", maxRetries, 1)
-	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{Task: task}, nil)
 	settled := make(chan *domain.Task, 1)
 	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(_ context.Context, _ int, st *domain.Task) error {
 		settled <- st
@@ -381,7 +381,7 @@ func TestAbandonedHandlersAreBounded(t *testing.T) {
 func TestAbortEndsPendingSettle(t *testing.T) {
 	s := newProcessorSUT(t)
 	task := runningTask(t, "webhook", 0, 1)
-	s.queue.EXPECT().Dequeue(gomock.Any()).Return(task, nil)
+	s.queue.EXPECT().Dequeue(gomock.Any()).Return(ports.Attempt{Task: task}, nil)
 	s.handler.EXPECT().Handle(gomock.Any(), gomock.Any()).Return(nil)
 	s.queue.EXPECT().Settle(gomock.Any(), 1, gomock.Any()).DoAndReturn(func(ctx context.Context, _ int, _ *domain.Task) error {
 		<-ctx.Done()

@@ -1,6 +1,6 @@
-// Package application holds the use cases: submitting and reading tasks,
-// and running one attempt of a task and deciding what follows it. It
-// depends only on the domain and the ports.
+// Package application holds the use cases: submitting, reading and
+// managing tasks, and running one attempt of a task and deciding what
+// follows it. It depends only on the domain and the ports.
 package application
 
 import (
@@ -17,43 +17,117 @@ import (
 	"github.com/taskqueue/taskqueue/ports"
 )
 
+// Defaults of ServiceConfig.
+const (
+	DefaultMaxBatch       = 1000
+	DefaultIdempotencyTTL = 24 * time.Hour
+)
+
+// ServiceConfig holds what the service needs besides its broker.
+type ServiceConfig struct {
+	// Types are the task types this instance accepts.
+	Types []string
+	// MaxBatch bounds the tasks of one SubmitBatch; DefaultMaxBatch when 0.
+	MaxBatch int
+	// IdempotencyTTL is how long an idempotency key is kept after its
+	// first use; DefaultIdempotencyTTL when 0.
+	IdempotencyTTL time.Duration
+	// NewID and Now default to UUIDv7 ids and the wall clock.
+	NewID func() (uuid.UUID, error)
+	Now   func() time.Time
+}
+
 // Service implements ports.TaskService.
 type Service struct {
 	broker  ports.Broker
+	cfg     ServiceConfig
 	known   map[string]bool
 	types   []string
-	newID   func() (uuid.UUID, error)
-	now     func() time.Time
 	log     logrus.FieldLogger
 	closing atomic.Bool
 }
 
 var _ ports.TaskService = (*Service)(nil)
 
-// NewService returns a service that accepts tasks of the given handler
-// types. newID and now may be nil for UUIDv7 ids and the wall clock.
-func NewService(broker ports.Broker, handlerTypes []string, newID func() (uuid.UUID, error), now func() time.Time, log logrus.FieldLogger) *Service {
-	if newID == nil {
-		newID = uuid.NewV7
+// NewService returns a service on broker with the given configuration.
+func NewService(broker ports.Broker, cfg ServiceConfig, log logrus.FieldLogger) *Service {
+	if cfg.NewID == nil {
+		cfg.NewID = uuid.NewV7
 	}
-	if now == nil {
-		now = time.Now
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
-	known := make(map[string]bool, len(handlerTypes))
-	for _, t := range handlerTypes {
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.IdempotencyTTL <= 0 {
+		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+	}
+	known := make(map[string]bool, len(cfg.Types))
+	for _, t := range cfg.Types {
 		known[t] = true
 	}
-	types := append([]string(nil), handlerTypes...)
+	types := append([]string(nil), cfg.Types...)
 	sort.Strings(types)
-	return &Service{broker: broker, known: known, types: types, newID: newID, now: now, log: log}
+	return &Service{broker: broker, cfg: cfg, known: known, types: types, log: log}
 }
 
-// Submit validates s, stores it as a pending task and returns the task.
-// Errors are those listed on ports.TaskService.Submit.
+// Submit validates s, stores it as a pending (or scheduled) task and
+// returns the task. Errors are those listed on ports.TaskSubmitter.
 func (s *Service) Submit(ctx context.Context, sub ports.Submission) (*domain.Task, error) {
 	if s.closing.Load() {
 		return nil, domain.ErrShuttingDown
 	}
+	task, err := s.newTask(sub, s.cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	// A client that gives up while the broker answers must not leave the
+	// outcome unknown (stored but reported as failed): the enqueue runs to
+	// its end, which the broker bounds.
+	if err := s.broker.Enqueue(context.WithoutCancel(ctx), task); err != nil {
+		return nil, fmt.Errorf("enqueue task %s: %w", task.ID(), err)
+	}
+	fields := logrus.Fields{
+		"task_id":     task.ID(),
+		"type":        task.Type(),
+		"priority":    task.Priority().Level(),
+		"max_retries": task.MaxRetries(),
+	}
+	if task.Status() == domain.StatusScheduled {
+		fields["run_at"] = task.RunAt().Format(time.RFC3339Nano)
+	}
+	s.log.WithFields(fields).Info("task submitted")
+	return task, nil
+}
+
+// SubmitBatch validates every submission and stores them all in one
+// broker step; see ports.TaskSubmitter.
+func (s *Service) SubmitBatch(ctx context.Context, subs []ports.Submission) ([]*domain.Task, error) {
+	if s.closing.Load() {
+		return nil, domain.ErrShuttingDown
+	}
+	if len(subs) == 0 || len(subs) > s.cfg.MaxBatch {
+		return nil, &domain.ValidationError{Field: "tasks", Problem: fmt.Sprintf("must hold 1 to %d tasks, got %d", s.cfg.MaxBatch, len(subs))}
+	}
+	now := s.cfg.Now()
+	tasks := make([]*domain.Task, len(subs))
+	for i, sub := range subs {
+		task, err := s.newTask(sub, now)
+		if err != nil {
+			return nil, &domain.ItemError{Index: i, Err: err}
+		}
+		tasks[i] = task
+	}
+	if err := s.broker.Enqueue(context.WithoutCancel(ctx), tasks...); err != nil {
+		return nil, fmt.Errorf("enqueue %d tasks: %w", len(tasks), err)
+	}
+	s.log.WithFields(logrus.Fields{"count": len(tasks), "first_task_id": tasks[0].ID(), "last_task_id": tasks[len(tasks)-1].ID()}).Info("tasks submitted")
+	return tasks, nil
+}
+
+// newTask validates sub and makes its task, scheduled if it asks to be.
+func (s *Service) newTask(sub ports.Submission, now time.Time) (*domain.Task, error) {
 	if err := domain.ValidateType(sub.Type); err != nil {
 		return nil, err
 	}
@@ -64,34 +138,22 @@ func (s *Service) Submit(ctx context.Context, sub ports.Submission) (*domain.Tas
 	if err != nil {
 		return nil, err
 	}
-	id, err := s.newID()
+	id, err := s.cfg.NewID()
 	if err != nil {
 		return nil, fmt.Errorf("generate task id: %w", err)
 	}
-	task, err := domain.NewTask(id, sub.Type, sub.Payload, priority, sub.MaxRetries, s.now())
+	task, err := domain.NewTask(id, sub.Type, sub.Payload, priority, sub.MaxRetries, now)
 	if err != nil {
 		return nil, err
 	}
-	// A client that gives up while the broker answers must not leave the
-	// outcome unknown (stored but reported as failed): the enqueue runs to
-	// its end, which the broker bounds.
-	if err := s.broker.Enqueue(context.WithoutCancel(ctx), task); err != nil {
-		return nil, fmt.Errorf("enqueue task %s: %w", id, err)
+	switch {
+	case !sub.RunAt.IsZero():
+		err = task.Schedule(sub.RunAt, now)
+	case sub.Delay > 0:
+		err = task.Schedule(now.Add(sub.Delay), now)
 	}
-	s.log.WithFields(logrus.Fields{
-		"task_id":     id,
-		"type":        task.Type(),
-		"priority":    priority.Level(),
-		"max_retries": task.MaxRetries(),
-	}).Info("task submitted")
-	return task, nil
-}
-
-// Get returns the task with the given id; see ports.TaskService.Get.
-func (s *Service) Get(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
-	task, err := s.broker.Get(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("get task %s: %w", id, err)
+		return nil, err
 	}
 	return task, nil
 }

@@ -32,9 +32,11 @@ func newServiceSUT(t *testing.T) serviceSUT {
 	ctrl := gomock.NewController(t)
 	broker := mocks.NewMockBroker(ctrl)
 	log, hook := test.NewNullLogger()
-	svc := application.NewService(broker, []string{"webhook", "example_task"},
-		func() (uuid.UUID, error) { return taskID, nil },
-		func() time.Time { return now }, log)
+	svc := application.NewService(broker, application.ServiceConfig{
+		Types: []string{"webhook", "example_task"},
+		NewID: func() (uuid.UUID, error) { return taskID, nil },
+		Now:   func() time.Time { return now },
+	}, log)
 	return serviceSUT{svc: svc, broker: broker, logs: hook}
 }
 
@@ -110,7 +112,7 @@ func TestSubmitIDFailure(t *testing.T) {
 	ctrl := gomock.NewController(t)
 	log, _ := test.NewNullLogger()
 	boom := errors.New("entropy")
-	svc := application.NewService(mocks.NewMockBroker(ctrl), []string{"x"}, func() (uuid.UUID, error) { return uuid.Nil, boom }, nil, log)
+	svc := application.NewService(mocks.NewMockBroker(ctrl), application.ServiceConfig{Types: []string{"x"}, NewID: func() (uuid.UUID, error) { return uuid.Nil, boom }}, log)
 	if _, err := svc.Submit(context.Background(), ports.Submission{Type: "x"}); !errors.Is(err, boom) {
 		t.Fatalf("error %v", err)
 	}
@@ -137,7 +139,7 @@ func TestGet(t *testing.T) {
 func TestSubmitOutlivesTheClient(t *testing.T) {
 	sut := newServiceSUT(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	sut.broker.EXPECT().Enqueue(gomock.Any(), gomock.Any()).DoAndReturn(func(ctx context.Context, _ *domain.Task) error {
+	sut.broker.EXPECT().Enqueue(gomock.Any(), gomock.Any()).DoAndReturn(func(ctx context.Context, _ ...*domain.Task) error {
 		cancel() // the client goes away while the broker works
 		return ctx.Err()
 	})

@@ -7,10 +7,12 @@ package mocks
 import (
 	context "context"
 	reflect "reflect"
+	time "time"
 
 	gomock "github.com/golang/mock/gomock"
 	uuid "github.com/google/uuid"
 	domain "github.com/taskqueue/taskqueue/domain"
+	ports "github.com/taskqueue/taskqueue/ports"
 )
 
 // MockTaskQueue is a mock of TaskQueue interface.
@@ -37,10 +39,10 @@ func (m *MockTaskQueue) EXPECT() *MockTaskQueueMockRecorder {
 }
 
 // Dequeue mocks base method.
-func (m *MockTaskQueue) Dequeue(ctx context.Context) (*domain.Task, error) {
+func (m *MockTaskQueue) Dequeue(ctx context.Context) (ports.Attempt, error) {
 	m.ctrl.T.Helper()
 	ret := m.ctrl.Call(m, "Dequeue", ctx)
-	ret0, _ := ret[0].(*domain.Task)
+	ret0, _ := ret[0].(ports.Attempt)
 	ret1, _ := ret[1].(error)
 	return ret0, ret1
 }
@@ -52,17 +54,22 @@ func (mr *MockTaskQueueMockRecorder) Dequeue(ctx interface{}) *gomock.Call {
 }
 
 // Enqueue mocks base method.
-func (m *MockTaskQueue) Enqueue(ctx context.Context, task *domain.Task) error {
+func (m *MockTaskQueue) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 	m.ctrl.T.Helper()
-	ret := m.ctrl.Call(m, "Enqueue", ctx, task)
+	varargs := []interface{}{ctx}
+	for _, a := range tasks {
+		varargs = append(varargs, a)
+	}
+	ret := m.ctrl.Call(m, "Enqueue", varargs...)
 	ret0, _ := ret[0].(error)
 	return ret0
 }
 
 // Enqueue indicates an expected call of Enqueue.
-func (mr *MockTaskQueueMockRecorder) Enqueue(ctx, task interface{}) *gomock.Call {
+func (mr *MockTaskQueueMockRecorder) Enqueue(ctx interface{}, tasks ...interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
-	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Enqueue", reflect.TypeOf((*MockTaskQueue)(nil).Enqueue), ctx, task)
+	varargs := append([]interface{}{ctx}, tasks...)
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Enqueue", reflect.TypeOf((*MockTaskQueue)(nil).Enqueue), varargs...)
 }
 
 // Settle mocks base method.
@@ -115,6 +122,193 @@ func (m *MockTaskReader) Get(ctx context.Context, id uuid.UUID) (*domain.Task, e
 func (mr *MockTaskReaderMockRecorder) Get(ctx, id interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Get", reflect.TypeOf((*MockTaskReader)(nil).Get), ctx, id)
+}
+
+// List mocks base method.
+func (m *MockTaskReader) List(ctx context.Context, filter ports.ListFilter, after uuid.UUID, limit int) (ports.ListPage, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "List", ctx, filter, after, limit)
+	ret0, _ := ret[0].(ports.ListPage)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// List indicates an expected call of List.
+func (mr *MockTaskReaderMockRecorder) List(ctx, filter, after, limit interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "List", reflect.TypeOf((*MockTaskReader)(nil).List), ctx, filter, after, limit)
+}
+
+// MockTaskAdmin is a mock of TaskAdmin interface.
+type MockTaskAdmin struct {
+	ctrl     *gomock.Controller
+	recorder *MockTaskAdminMockRecorder
+}
+
+// MockTaskAdminMockRecorder is the mock recorder for MockTaskAdmin.
+type MockTaskAdminMockRecorder struct {
+	mock *MockTaskAdmin
+}
+
+// NewMockTaskAdmin creates a new mock instance.
+func NewMockTaskAdmin(ctrl *gomock.Controller) *MockTaskAdmin {
+	mock := &MockTaskAdmin{ctrl: ctrl}
+	mock.recorder = &MockTaskAdminMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockTaskAdmin) EXPECT() *MockTaskAdminMockRecorder {
+	return m.recorder
+}
+
+// Delete mocks base method.
+func (m *MockTaskAdmin) Delete(ctx context.Context, id uuid.UUID, check func(*domain.Task) error) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Delete", ctx, id, check)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Delete indicates an expected call of Delete.
+func (mr *MockTaskAdminMockRecorder) Delete(ctx, id, check interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Delete", reflect.TypeOf((*MockTaskAdmin)(nil).Delete), ctx, id, check)
+}
+
+// Update mocks base method.
+func (m *MockTaskAdmin) Update(ctx context.Context, id uuid.UUID, change func(*domain.Task) error) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Update", ctx, id, change)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Update indicates an expected call of Update.
+func (mr *MockTaskAdminMockRecorder) Update(ctx, id, change interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Update", reflect.TypeOf((*MockTaskAdmin)(nil).Update), ctx, id, change)
+}
+
+// UpdateMany mocks base method.
+func (m *MockTaskAdmin) UpdateMany(ctx context.Context, filter ports.ListFilter, limit int, change func(*domain.Task) error) (int, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "UpdateMany", ctx, filter, limit, change)
+	ret0, _ := ret[0].(int)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// UpdateMany indicates an expected call of UpdateMany.
+func (mr *MockTaskAdminMockRecorder) UpdateMany(ctx, filter, limit, change interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "UpdateMany", reflect.TypeOf((*MockTaskAdmin)(nil).UpdateMany), ctx, filter, limit, change)
+}
+
+// MockStatsReader is a mock of StatsReader interface.
+type MockStatsReader struct {
+	ctrl     *gomock.Controller
+	recorder *MockStatsReaderMockRecorder
+}
+
+// MockStatsReaderMockRecorder is the mock recorder for MockStatsReader.
+type MockStatsReaderMockRecorder struct {
+	mock *MockStatsReader
+}
+
+// NewMockStatsReader creates a new mock instance.
+func NewMockStatsReader(ctrl *gomock.Controller) *MockStatsReader {
+	mock := &MockStatsReader{ctrl: ctrl}
+	mock.recorder = &MockStatsReaderMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockStatsReader) EXPECT() *MockStatsReaderMockRecorder {
+	return m.recorder
+}
+
+// Stats mocks base method.
+func (m *MockStatsReader) Stats(ctx context.Context) (ports.Stats, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Stats", ctx)
+	ret0, _ := ret[0].(ports.Stats)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Stats indicates an expected call of Stats.
+func (mr *MockStatsReaderMockRecorder) Stats(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Stats", reflect.TypeOf((*MockStatsReader)(nil).Stats), ctx)
+}
+
+// MockIdempotencyStore is a mock of IdempotencyStore interface.
+type MockIdempotencyStore struct {
+	ctrl     *gomock.Controller
+	recorder *MockIdempotencyStoreMockRecorder
+}
+
+// MockIdempotencyStoreMockRecorder is the mock recorder for MockIdempotencyStore.
+type MockIdempotencyStoreMockRecorder struct {
+	mock *MockIdempotencyStore
+}
+
+// NewMockIdempotencyStore creates a new mock instance.
+func NewMockIdempotencyStore(ctrl *gomock.Controller) *MockIdempotencyStore {
+	mock := &MockIdempotencyStore{ctrl: ctrl}
+	mock.recorder = &MockIdempotencyStoreMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockIdempotencyStore) EXPECT() *MockIdempotencyStoreMockRecorder {
+	return m.recorder
+}
+
+// Complete mocks base method.
+func (m *MockIdempotencyStore) Complete(ctx context.Context, key string, rec ports.IdempotencyRecord, ttl time.Duration) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Complete", ctx, key, rec, ttl)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Complete indicates an expected call of Complete.
+func (mr *MockIdempotencyStoreMockRecorder) Complete(ctx, key, rec, ttl interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Complete", reflect.TypeOf((*MockIdempotencyStore)(nil).Complete), ctx, key, rec, ttl)
+}
+
+// Release mocks base method.
+func (m *MockIdempotencyStore) Release(ctx context.Context, key string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Release", ctx, key)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Release indicates an expected call of Release.
+func (mr *MockIdempotencyStoreMockRecorder) Release(ctx, key interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Release", reflect.TypeOf((*MockIdempotencyStore)(nil).Release), ctx, key)
+}
+
+// Reserve mocks base method.
+func (m *MockIdempotencyStore) Reserve(ctx context.Context, key, fingerprint string, hold time.Duration) (ports.IdempotencyRecord, bool, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Reserve", ctx, key, fingerprint, hold)
+	ret0, _ := ret[0].(ports.IdempotencyRecord)
+	ret1, _ := ret[1].(bool)
+	ret2, _ := ret[2].(error)
+	return ret0, ret1, ret2
+}
+
+// Reserve indicates an expected call of Reserve.
+func (mr *MockIdempotencyStoreMockRecorder) Reserve(ctx, key, fingerprint, hold interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Reserve", reflect.TypeOf((*MockIdempotencyStore)(nil).Reserve), ctx, key, fingerprint, hold)
 }
 
 // MockPinger is a mock of Pinger interface.
@@ -177,11 +371,39 @@ func (m *MockBroker) EXPECT() *MockBrokerMockRecorder {
 	return m.recorder
 }
 
+// Complete mocks base method.
+func (m *MockBroker) Complete(ctx context.Context, key string, rec ports.IdempotencyRecord, ttl time.Duration) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Complete", ctx, key, rec, ttl)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Complete indicates an expected call of Complete.
+func (mr *MockBrokerMockRecorder) Complete(ctx, key, rec, ttl interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Complete", reflect.TypeOf((*MockBroker)(nil).Complete), ctx, key, rec, ttl)
+}
+
+// Delete mocks base method.
+func (m *MockBroker) Delete(ctx context.Context, id uuid.UUID, check func(*domain.Task) error) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Delete", ctx, id, check)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Delete indicates an expected call of Delete.
+func (mr *MockBrokerMockRecorder) Delete(ctx, id, check interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Delete", reflect.TypeOf((*MockBroker)(nil).Delete), ctx, id, check)
+}
+
 // Dequeue mocks base method.
-func (m *MockBroker) Dequeue(ctx context.Context) (*domain.Task, error) {
+func (m *MockBroker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 	m.ctrl.T.Helper()
 	ret := m.ctrl.Call(m, "Dequeue", ctx)
-	ret0, _ := ret[0].(*domain.Task)
+	ret0, _ := ret[0].(ports.Attempt)
 	ret1, _ := ret[1].(error)
 	return ret0, ret1
 }
@@ -193,17 +415,22 @@ func (mr *MockBrokerMockRecorder) Dequeue(ctx interface{}) *gomock.Call {
 }
 
 // Enqueue mocks base method.
-func (m *MockBroker) Enqueue(ctx context.Context, task *domain.Task) error {
+func (m *MockBroker) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 	m.ctrl.T.Helper()
-	ret := m.ctrl.Call(m, "Enqueue", ctx, task)
+	varargs := []interface{}{ctx}
+	for _, a := range tasks {
+		varargs = append(varargs, a)
+	}
+	ret := m.ctrl.Call(m, "Enqueue", varargs...)
 	ret0, _ := ret[0].(error)
 	return ret0
 }
 
 // Enqueue indicates an expected call of Enqueue.
-func (mr *MockBrokerMockRecorder) Enqueue(ctx, task interface{}) *gomock.Call {
+func (mr *MockBrokerMockRecorder) Enqueue(ctx interface{}, tasks ...interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
-	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Enqueue", reflect.TypeOf((*MockBroker)(nil).Enqueue), ctx, task)
+	varargs := append([]interface{}{ctx}, tasks...)
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Enqueue", reflect.TypeOf((*MockBroker)(nil).Enqueue), varargs...)
 }
 
 // Get mocks base method.
@@ -221,6 +448,21 @@ func (mr *MockBrokerMockRecorder) Get(ctx, id interface{}) *gomock.Call {
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Get", reflect.TypeOf((*MockBroker)(nil).Get), ctx, id)
 }
 
+// List mocks base method.
+func (m *MockBroker) List(ctx context.Context, filter ports.ListFilter, after uuid.UUID, limit int) (ports.ListPage, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "List", ctx, filter, after, limit)
+	ret0, _ := ret[0].(ports.ListPage)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// List indicates an expected call of List.
+func (mr *MockBrokerMockRecorder) List(ctx, filter, after, limit interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "List", reflect.TypeOf((*MockBroker)(nil).List), ctx, filter, after, limit)
+}
+
 // Ping mocks base method.
 func (m *MockBroker) Ping(ctx context.Context) error {
 	m.ctrl.T.Helper()
@@ -235,6 +477,36 @@ func (mr *MockBrokerMockRecorder) Ping(ctx interface{}) *gomock.Call {
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Ping", reflect.TypeOf((*MockBroker)(nil).Ping), ctx)
 }
 
+// Release mocks base method.
+func (m *MockBroker) Release(ctx context.Context, key string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Release", ctx, key)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Release indicates an expected call of Release.
+func (mr *MockBrokerMockRecorder) Release(ctx, key interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Release", reflect.TypeOf((*MockBroker)(nil).Release), ctx, key)
+}
+
+// Reserve mocks base method.
+func (m *MockBroker) Reserve(ctx context.Context, key, fingerprint string, hold time.Duration) (ports.IdempotencyRecord, bool, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Reserve", ctx, key, fingerprint, hold)
+	ret0, _ := ret[0].(ports.IdempotencyRecord)
+	ret1, _ := ret[1].(bool)
+	ret2, _ := ret[2].(error)
+	return ret0, ret1, ret2
+}
+
+// Reserve indicates an expected call of Reserve.
+func (mr *MockBrokerMockRecorder) Reserve(ctx, key, fingerprint, hold interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Reserve", reflect.TypeOf((*MockBroker)(nil).Reserve), ctx, key, fingerprint, hold)
+}
+
 // Settle mocks base method.
 func (m *MockBroker) Settle(ctx context.Context, attempt int, task *domain.Task) error {
 	m.ctrl.T.Helper()
@@ -247,4 +519,49 @@ func (m *MockBroker) Settle(ctx context.Context, attempt int, task *domain.Task)
 func (mr *MockBrokerMockRecorder) Settle(ctx, attempt, task interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Settle", reflect.TypeOf((*MockBroker)(nil).Settle), ctx, attempt, task)
+}
+
+// Stats mocks base method.
+func (m *MockBroker) Stats(ctx context.Context) (ports.Stats, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Stats", ctx)
+	ret0, _ := ret[0].(ports.Stats)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Stats indicates an expected call of Stats.
+func (mr *MockBrokerMockRecorder) Stats(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Stats", reflect.TypeOf((*MockBroker)(nil).Stats), ctx)
+}
+
+// Update mocks base method.
+func (m *MockBroker) Update(ctx context.Context, id uuid.UUID, change func(*domain.Task) error) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Update", ctx, id, change)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Update indicates an expected call of Update.
+func (mr *MockBrokerMockRecorder) Update(ctx, id, change interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Update", reflect.TypeOf((*MockBroker)(nil).Update), ctx, id, change)
+}
+
+// UpdateMany mocks base method.
+func (m *MockBroker) UpdateMany(ctx context.Context, filter ports.ListFilter, limit int, change func(*domain.Task) error) (int, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "UpdateMany", ctx, filter, limit, change)
+	ret0, _ := ret[0].(int)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// UpdateMany indicates an expected call of UpdateMany.
+func (mr *MockBrokerMockRecorder) UpdateMany(ctx, filter, limit, change interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "UpdateMany", reflect.TypeOf((*MockBroker)(nil).UpdateMany), ctx, filter, limit, change)
 }

@@ -85,3 +85,55 @@ func (mr *MockHandlerMockRecorder) Handle(ctx, task interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Handle", reflect.TypeOf((*MockHandler)(nil).Handle), ctx, task)
 }
+
+// MockResultHandler is a mock of ResultHandler interface.
+type MockResultHandler struct {
+	ctrl     *gomock.Controller
+	recorder *MockResultHandlerMockRecorder
+}
+
+// MockResultHandlerMockRecorder is the mock recorder for MockResultHandler.
+type MockResultHandlerMockRecorder struct {
+	mock *MockResultHandler
+}
+
+// NewMockResultHandler creates a new mock instance.
+func NewMockResultHandler(ctrl *gomock.Controller) *MockResultHandler {
+	mock := &MockResultHandler{ctrl: ctrl}
+	mock.recorder = &MockResultHandlerMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockResultHandler) EXPECT() *MockResultHandlerMockRecorder {
+	return m.recorder
+}
+
+// Handle mocks base method.
+func (m *MockResultHandler) Handle(ctx context.Context, task *domain.Task) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Handle", ctx, task)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Handle indicates an expected call of Handle.
+func (mr *MockResultHandlerMockRecorder) Handle(ctx, task interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Handle", reflect.TypeOf((*MockResultHandler)(nil).Handle), ctx, task)
+}
+
+// HandleResult mocks base method.
+func (m *MockResultHandler) HandleResult(ctx context.Context, task *domain.Task) ([]byte, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "HandleResult", ctx, task)
+	ret0, _ := ret[0].([]byte)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// HandleResult indicates an expected call of HandleResult.
+func (mr *MockResultHandlerMockRecorder) HandleResult(ctx, task interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "HandleResult", reflect.TypeOf((*MockResultHandler)(nil).HandleResult), ctx, task)
+}

@@ -14,6 +14,225 @@ import (
 	ports "github.com/taskqueue/taskqueue/ports"
 )
 
+// MockTaskSubmitter is a mock of TaskSubmitter interface.
+type MockTaskSubmitter struct {
+	ctrl     *gomock.Controller
+	recorder *MockTaskSubmitterMockRecorder
+}
+
+// MockTaskSubmitterMockRecorder is the mock recorder for MockTaskSubmitter.
+type MockTaskSubmitterMockRecorder struct {
+	mock *MockTaskSubmitter
+}
+
+// NewMockTaskSubmitter creates a new mock instance.
+func NewMockTaskSubmitter(ctrl *gomock.Controller) *MockTaskSubmitter {
+	mock := &MockTaskSubmitter{ctrl: ctrl}
+	mock.recorder = &MockTaskSubmitterMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockTaskSubmitter) EXPECT() *MockTaskSubmitterMockRecorder {
+	return m.recorder
+}
+
+// Idempotent mocks base method.
+func (m *MockTaskSubmitter) Idempotent(ctx context.Context, key, fingerprint string, request func() ([]byte, error)) ([]byte, bool, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Idempotent", ctx, key, fingerprint, request)
+	ret0, _ := ret[0].([]byte)
+	ret1, _ := ret[1].(bool)
+	ret2, _ := ret[2].(error)
+	return ret0, ret1, ret2
+}
+
+// Idempotent indicates an expected call of Idempotent.
+func (mr *MockTaskSubmitterMockRecorder) Idempotent(ctx, key, fingerprint, request interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Idempotent", reflect.TypeOf((*MockTaskSubmitter)(nil).Idempotent), ctx, key, fingerprint, request)
+}
+
+// Submit mocks base method.
+func (m *MockTaskSubmitter) Submit(ctx context.Context, s ports.Submission) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Submit", ctx, s)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Submit indicates an expected call of Submit.
+func (mr *MockTaskSubmitterMockRecorder) Submit(ctx, s interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Submit", reflect.TypeOf((*MockTaskSubmitter)(nil).Submit), ctx, s)
+}
+
+// SubmitBatch mocks base method.
+func (m *MockTaskSubmitter) SubmitBatch(ctx context.Context, subs []ports.Submission) ([]*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "SubmitBatch", ctx, subs)
+	ret0, _ := ret[0].([]*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// SubmitBatch indicates an expected call of SubmitBatch.
+func (mr *MockTaskSubmitterMockRecorder) SubmitBatch(ctx, subs interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "SubmitBatch", reflect.TypeOf((*MockTaskSubmitter)(nil).SubmitBatch), ctx, subs)
+}
+
+// MockTaskQuerier is a mock of TaskQuerier interface.
+type MockTaskQuerier struct {
+	ctrl     *gomock.Controller
+	recorder *MockTaskQuerierMockRecorder
+}
+
+// MockTaskQuerierMockRecorder is the mock recorder for MockTaskQuerier.
+type MockTaskQuerierMockRecorder struct {
+	mock *MockTaskQuerier
+}
+
+// NewMockTaskQuerier creates a new mock instance.
+func NewMockTaskQuerier(ctrl *gomock.Controller) *MockTaskQuerier {
+	mock := &MockTaskQuerier{ctrl: ctrl}
+	mock.recorder = &MockTaskQuerierMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockTaskQuerier) EXPECT() *MockTaskQuerierMockRecorder {
+	return m.recorder
+}
+
+// Get mocks base method.
+func (m *MockTaskQuerier) Get(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Get", ctx, id)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Get indicates an expected call of Get.
+func (mr *MockTaskQuerierMockRecorder) Get(ctx, id interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Get", reflect.TypeOf((*MockTaskQuerier)(nil).Get), ctx, id)
+}
+
+// List mocks base method.
+func (m *MockTaskQuerier) List(ctx context.Context, filter ports.ListFilter, after uuid.UUID, limit int) (ports.ListPage, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "List", ctx, filter, after, limit)
+	ret0, _ := ret[0].(ports.ListPage)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// List indicates an expected call of List.
+func (mr *MockTaskQuerierMockRecorder) List(ctx, filter, after, limit interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "List", reflect.TypeOf((*MockTaskQuerier)(nil).List), ctx, filter, after, limit)
+}
+
+// Stats mocks base method.
+func (m *MockTaskQuerier) Stats(ctx context.Context) (ports.Stats, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Stats", ctx)
+	ret0, _ := ret[0].(ports.Stats)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Stats indicates an expected call of Stats.
+func (mr *MockTaskQuerierMockRecorder) Stats(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Stats", reflect.TypeOf((*MockTaskQuerier)(nil).Stats), ctx)
+}
+
+// MockTaskManager is a mock of TaskManager interface.
+type MockTaskManager struct {
+	ctrl     *gomock.Controller
+	recorder *MockTaskManagerMockRecorder
+}
+
+// MockTaskManagerMockRecorder is the mock recorder for MockTaskManager.
+type MockTaskManagerMockRecorder struct {
+	mock *MockTaskManager
+}
+
+// NewMockTaskManager creates a new mock instance.
+func NewMockTaskManager(ctrl *gomock.Controller) *MockTaskManager {
+	mock := &MockTaskManager{ctrl: ctrl}
+	mock.recorder = &MockTaskManagerMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockTaskManager) EXPECT() *MockTaskManagerMockRecorder {
+	return m.recorder
+}
+
+// Cancel mocks base method.
+func (m *MockTaskManager) Cancel(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Cancel", ctx, id)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Cancel indicates an expected call of Cancel.
+func (mr *MockTaskManagerMockRecorder) Cancel(ctx, id interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Cancel", reflect.TypeOf((*MockTaskManager)(nil).Cancel), ctx, id)
+}
+
+// Delete mocks base method.
+func (m *MockTaskManager) Delete(ctx context.Context, id uuid.UUID) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Delete", ctx, id)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Delete indicates an expected call of Delete.
+func (mr *MockTaskManagerMockRecorder) Delete(ctx, id interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Delete", reflect.TypeOf((*MockTaskManager)(nil).Delete), ctx, id)
+}
+
+// Retry mocks base method.
+func (m *MockTaskManager) Retry(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Retry", ctx, id)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Retry indicates an expected call of Retry.
+func (mr *MockTaskManagerMockRecorder) Retry(ctx, id interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Retry", reflect.TypeOf((*MockTaskManager)(nil).Retry), ctx, id)
+}
+
+// RetryMany mocks base method.
+func (m *MockTaskManager) RetryMany(ctx context.Context, status domain.Status, taskType string) (int, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "RetryMany", ctx, status, taskType)
+	ret0, _ := ret[0].(int)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// RetryMany indicates an expected call of RetryMany.
+func (mr *MockTaskManagerMockRecorder) RetryMany(ctx, status, taskType interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "RetryMany", reflect.TypeOf((*MockTaskManager)(nil).RetryMany), ctx, status, taskType)
+}
+
 // MockTaskService is a mock of TaskService interface.
 type MockTaskService struct {
 	ctrl     *gomock.Controller
@@ -37,6 +256,35 @@ func (m *MockTaskService) EXPECT() *MockTaskServiceMockRecorder {
 	return m.recorder
 }
 
+// Cancel mocks base method.
+func (m *MockTaskService) Cancel(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Cancel", ctx, id)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Cancel indicates an expected call of Cancel.
+func (mr *MockTaskServiceMockRecorder) Cancel(ctx, id interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Cancel", reflect.TypeOf((*MockTaskService)(nil).Cancel), ctx, id)
+}
+
+// Delete mocks base method.
+func (m *MockTaskService) Delete(ctx context.Context, id uuid.UUID) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Delete", ctx, id)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Delete indicates an expected call of Delete.
+func (mr *MockTaskServiceMockRecorder) Delete(ctx, id interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Delete", reflect.TypeOf((*MockTaskService)(nil).Delete), ctx, id)
+}
+
 // Get mocks base method.
 func (m *MockTaskService) Get(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
 	m.ctrl.T.Helper()
@@ -50,6 +298,37 @@ func (m *MockTaskService) Get(ctx context.Context, id uuid.UUID) (*domain.Task, 
 func (mr *MockTaskServiceMockRecorder) Get(ctx, id interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Get", reflect.TypeOf((*MockTaskService)(nil).Get), ctx, id)
+}
+
+// Idempotent mocks base method.
+func (m *MockTaskService) Idempotent(ctx context.Context, key, fingerprint string, request func() ([]byte, error)) ([]byte, bool, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Idempotent", ctx, key, fingerprint, request)
+	ret0, _ := ret[0].([]byte)
+	ret1, _ := ret[1].(bool)
+	ret2, _ := ret[2].(error)
+	return ret0, ret1, ret2
+}
+
+// Idempotent indicates an expected call of Idempotent.
+func (mr *MockTaskServiceMockRecorder) Idempotent(ctx, key, fingerprint, request interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Idempotent", reflect.TypeOf((*MockTaskService)(nil).Idempotent), ctx, key, fingerprint, request)
+}
+
+// List mocks base method.
+func (m *MockTaskService) List(ctx context.Context, filter ports.ListFilter, after uuid.UUID, limit int) (ports.ListPage, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "List", ctx, filter, after, limit)
+	ret0, _ := ret[0].(ports.ListPage)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// List indicates an expected call of List.
+func (mr *MockTaskServiceMockRecorder) List(ctx, filter, after, limit interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "List", reflect.TypeOf((*MockTaskService)(nil).List), ctx, filter, after, limit)
 }
 
 // Ready mocks base method.
@@ -66,6 +345,51 @@ func (mr *MockTaskServiceMockRecorder) Ready(ctx interface{}) *gomock.Call {
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Ready", reflect.TypeOf((*MockTaskService)(nil).Ready), ctx)
 }
 
+// Retry mocks base method.
+func (m *MockTaskService) Retry(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Retry", ctx, id)
+	ret0, _ := ret[0].(*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Retry indicates an expected call of Retry.
+func (mr *MockTaskServiceMockRecorder) Retry(ctx, id interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Retry", reflect.TypeOf((*MockTaskService)(nil).Retry), ctx, id)
+}
+
+// RetryMany mocks base method.
+func (m *MockTaskService) RetryMany(ctx context.Context, status domain.Status, taskType string) (int, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "RetryMany", ctx, status, taskType)
+	ret0, _ := ret[0].(int)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// RetryMany indicates an expected call of RetryMany.
+func (mr *MockTaskServiceMockRecorder) RetryMany(ctx, status, taskType interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "RetryMany", reflect.TypeOf((*MockTaskService)(nil).RetryMany), ctx, status, taskType)
+}
+
+// Stats mocks base method.
+func (m *MockTaskService) Stats(ctx context.Context) (ports.Stats, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Stats", ctx)
+	ret0, _ := ret[0].(ports.Stats)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Stats indicates an expected call of Stats.
+func (mr *MockTaskServiceMockRecorder) Stats(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Stats", reflect.TypeOf((*MockTaskService)(nil).Stats), ctx)
+}
+
 // Submit mocks base method.
 func (m *MockTaskService) Submit(ctx context.Context, s ports.Submission) (*domain.Task, error) {
 	m.ctrl.T.Helper()
@@ -79,4 +403,19 @@ func (m *MockTaskService) Submit(ctx context.Context, s ports.Submission) (*doma
 func (mr *MockTaskServiceMockRecorder) Submit(ctx, s interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Submit", reflect.TypeOf((*MockTaskService)(nil).Submit), ctx, s)
+}
+
+// SubmitBatch mocks base method.
+func (m *MockTaskService) SubmitBatch(ctx context.Context, subs []ports.Submission) ([]*domain.Task, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "SubmitBatch", ctx, subs)
+	ret0, _ := ret[0].([]*domain.Task)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// SubmitBatch indicates an expected call of SubmitBatch.
+func (mr *MockTaskServiceMockRecorder) SubmitBatch(ctx, subs interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "SubmitBatch", reflect.TypeOf((*MockTaskService)(nil).SubmitBatch), ctx, subs)
 }
