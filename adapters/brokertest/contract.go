@@ -50,6 +50,7 @@ func Run(t *testing.T, newBroker Factory) {
 		{"GetUnknown", testGetUnknown},
 		{"ConcurrentUseDeliversEachTaskOnce", testConcurrent},
 	}
+	tests = append(tests, lifecycleTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newBroker) })
 	}
@@ -86,11 +87,19 @@ func enqueue(t *testing.T, b ports.Broker, tasks ...*domain.Task) {
 
 func dequeue(t *testing.T, b ports.Broker) *domain.Task {
 	t.Helper()
-	task, err := b.Dequeue(ctxT(t))
+	return dequeueAttempt(t, b).Task
+}
+
+func dequeueAttempt(t *testing.T, b ports.Broker) ports.Attempt {
+	t.Helper()
+	att, err := b.Dequeue(ctxT(t))
 	if err != nil {
 		t.Fatalf("Dequeue: %v", err)
 	}
-	return task
+	if att.Task == nil || att.Cancelled == nil {
+		t.Fatalf("Dequeue returned an attempt without a task or a Cancelled channel: %+v", att)
+	}
+	return att
 }
 
 func get(t *testing.T, b ports.Broker, id uuid.UUID) *domain.Task {
@@ -198,11 +207,11 @@ func testDequeueBlocks(t *testing.T, newBroker Factory) {
 	b := newBroker(t, Config{QueueSize: 10, Retention: time.Hour})
 	got := make(chan *domain.Task, 1)
 	go func() {
-		task, err := b.Dequeue(ctxT(t))
+		att, err := b.Dequeue(ctxT(t))
 		if err != nil {
 			t.Errorf("Dequeue: %v", err)
 		}
-		got <- task
+		got <- att.Task
 	}()
 	select {
 	case task := <-got:
@@ -373,8 +382,9 @@ func testConcurrent(t *testing.T, newBroker Factory) {
 			defer wg.Done()
 			for count.Load() < producers*perProducer {
 				dctx, dcancel := context.WithTimeout(ctx, 100*time.Millisecond)
-				task, err := b.Dequeue(dctx)
+				att, err := b.Dequeue(dctx)
 				dcancel()
+				task := att.Task
 				if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 					continue
 				}

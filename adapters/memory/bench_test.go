@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/taskqueue/taskqueue/adapters/brokertest"
 	"github.com/taskqueue/taskqueue/adapters/memory"
 	"github.com/taskqueue/taskqueue/domain"
 )
@@ -59,7 +60,8 @@ func BenchmarkEnqueueDequeue(b *testing.B) {
 						b.Error(err)
 						return
 					}
-					task, err := broker.Dequeue(ctx)
+					att, err := broker.Dequeue(ctx)
+					task := att.Task
 					if err != nil {
 						b.Error(err)
 						return
@@ -73,7 +75,7 @@ func BenchmarkEnqueueDequeue(b *testing.B) {
 			})
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
-			if s := broker.Stats(); s.Pending != tc.queued {
+			if s := broker.Counts(); s.Pending != tc.queued {
 				b.Fatalf("queue drifted: %+v", s)
 			}
 		})
@@ -134,4 +136,11 @@ func (h *bareHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// BenchmarkListAt1M reads one page of 50 tasks with a million stored; see
+// brokertest.BenchmarkListAt1M.
+func BenchmarkListAt1M(b *testing.B) {
+	broker, _ := memory.New(memory.Options{QueueSize: 1_000_001, Retention: time.Hour})
+	brokertest.BenchmarkListAt1M(b, broker)
 }

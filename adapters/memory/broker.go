@@ -3,9 +3,10 @@
 package memory
 
 import (
-	"container/heap"
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,26 +18,27 @@ import (
 
 // Broker is an in-memory ports.Broker. Pending tasks wait in one FIFO per
 // priority (priorities are a closed set of ten), so taking the next task
-// costs the same at any queue length; retrying tasks wait in a heap by due
-// time and join the back of their priority's FIFO when due. Finished
-// tasks are forgotten after the retention period, past the MaxFinished
-// cap, or oldest first when room is needed under the memory limit.
+// costs the same at any queue length; scheduled and retrying tasks wait in
+// a heap by due time and join the back of their priority's FIFO when due.
+// Finished tasks are forgotten after their retention (succeeded and dead
+// letters each have their own), past their cap, or oldest first when room
+// is needed under the memory limit. Every task but a running one is also
+// in an ordered index per (status, type), for listing, and counted.
 type Broker struct {
-	limit       int
-	memoryLimit int64
-	retention   time.Duration
-	maxFinished int
-	now         func() time.Time
+	opts Options
+	now  func() time.Time
 
 	mu       sync.Mutex
 	slab     slab
-	index    idIndex            // every task held
-	running  map[uuid.UUID]slot // tasks with an attempt under way (few)
+	index    idIndex // every task held
+	running  map[uuid.UUID]running
 	ready    [domain.PriorityLevels]ring
-	pending  int
+	waiting  waitHeap // scheduled and retrying, by due time
+	finished [2]ring  // succeeded; failed and cancelled (dead letters)
+	lists    lists
+	idem     idemKeys
+	pending  int   // live refs in the ready FIFOs
 	bytes    int64 // held tasks' taskBytes
-	retrying retryHeap
-	finished ring // in the order they finished, so the oldest go first
 	seq      uint64
 	closed   bool
 
@@ -44,65 +46,91 @@ type Broker struct {
 	done   chan struct{} // closed by Close
 }
 
+// running is an attempt under way.
+type running struct {
+	slot      slot
+	cancelled chan struct{} // closed if the task leaves running meanwhile
+}
+
+const (
+	succeededRing = 0
+	deadRing      = 1
+)
+
 var _ ports.Broker = (*Broker)(nil)
 
 // Options configure a Broker.
 type Options struct {
-	// QueueSize is the most tasks waiting to run (pending and retrying)
-	// the broker holds; Enqueue refuses more with domain.ErrQueueFull. A
-	// task that fails or is handed back is always taken, even over the
-	// limit: it was counted while it ran.
+	// QueueSize is the most tasks waiting to run (scheduled, pending and
+	// retrying) the broker holds; Enqueue refuses more with
+	// domain.ErrQueueFull. A task that fails or is handed back is always
+	// taken, even over the limit: it was counted while it ran.
 	QueueSize int
 	// MemoryLimit is the most bytes of tasks the broker holds (payloads,
-	// types, errors and TaskOverhead per task). To make room for a new
-	// task it forgets finished tasks, oldest first; if that is not enough
-	// Enqueue refuses it with domain.ErrStorageFull. Zero means no limit.
+	// types, errors, results and TaskOverhead per task). To make room for
+	// new tasks it forgets finished tasks, oldest first; if that is not
+	// enough Enqueue refuses them with domain.ErrStorageFull. Zero means
+	// no limit.
 	MemoryLimit int64
-	// Retention is how long finished tasks can still be read.
-	Retention time.Duration
-	// MaxFinished caps how many finished tasks are kept, so memory stays
-	// bounded however fast tasks finish; past it the oldest are forgotten
-	// before their retention ends. Zero means no cap.
+	// Retention is how long succeeded tasks can still be read, and
+	// MaxFinished how many are kept (past it the oldest are forgotten
+	// early; zero means no cap).
+	Retention   time.Duration
 	MaxFinished int
+	// FailedRetention and MaxFailed are the same for dead letters (failed
+	// and cancelled tasks), so a flood of successes does not push them
+	// out. FailedRetention defaults to Retention.
+	FailedRetention time.Duration
+	MaxFailed       int
+	// MaxIdempotencyKeys bounds the idempotency keys kept;
+	// DefaultMaxIdempotencyKeys when zero.
+	MaxIdempotencyKeys int
 	// Now defaults to time.Now.
 	Now func() time.Time
 }
 
 // New returns an empty broker, or an error if the options are invalid.
 func New(opts Options) (*Broker, error) {
-	if opts.QueueSize < 1 {
+	switch {
+	case opts.QueueSize < 1:
 		return nil, fmt.Errorf("queue size must be at least 1, got %d", opts.QueueSize)
-	}
-	if opts.Retention < 0 {
-		return nil, fmt.Errorf("retention must not be negative, got %s", opts.Retention)
-	}
-	if opts.MaxFinished < 0 {
-		return nil, fmt.Errorf("max finished must not be negative, got %d", opts.MaxFinished)
-	}
-	if opts.MemoryLimit < 0 {
+	case opts.Retention < 0 || opts.FailedRetention < 0:
+		return nil, fmt.Errorf("retention must not be negative, got %s and %s", opts.Retention, opts.FailedRetention)
+	case opts.MaxFinished < 0 || opts.MaxFailed < 0:
+		return nil, fmt.Errorf("max finished must not be negative, got %d and %d", opts.MaxFinished, opts.MaxFailed)
+	case opts.MemoryLimit < 0:
 		return nil, fmt.Errorf("memory limit must not be negative, got %d", opts.MemoryLimit)
+	}
+	if opts.FailedRetention == 0 {
+		opts.FailedRetention = opts.Retention
+	}
+	if opts.MaxIdempotencyKeys <= 0 {
+		opts.MaxIdempotencyKeys = DefaultMaxIdempotencyKeys
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	b := &Broker{
-		limit:       opts.QueueSize,
-		memoryLimit: opts.MemoryLimit,
-		retention:   opts.Retention,
-		maxFinished: opts.MaxFinished,
-		now:         opts.Now,
-		running:     make(map[uuid.UUID]slot),
-		notify:      make(chan struct{}, 1),
-		done:        make(chan struct{}),
+		opts:    opts,
+		now:     opts.Now,
+		running: make(map[uuid.UUID]running),
+		lists:   newLists(),
+		idem:    newIdemKeys(opts.MaxIdempotencyKeys),
+		notify:  make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
-	b.retrying.slab = &b.slab
+	b.waiting.slab = &b.slab
 	return b, nil
 }
 
-// Enqueue stores a new pending task; see ports.TaskQueue.
-func (b *Broker) Enqueue(_ context.Context, task *domain.Task) error {
-	if task.Status() != domain.StatusPending {
-		return &domain.TransitionError{Action: "enqueue", From: task.Status()}
+// Enqueue stores new tasks, all or none; see ports.TaskQueue.
+func (b *Broker) Enqueue(_ context.Context, tasks ...*domain.Task) error {
+	size := int64(0)
+	for _, t := range tasks {
+		if s := t.Status(); s != domain.StatusPending && s != domain.StatusScheduled {
+			return &domain.TransitionError{Action: "enqueue", From: s}
+		}
+		size += taskBytes(t)
 	}
 	b.mu.Lock()
 	if b.closed {
@@ -112,24 +140,25 @@ func (b *Broker) Enqueue(_ context.Context, task *domain.Task) error {
 	now := b.now()
 	b.promoteDue(now)
 	b.expire(now)
-	if b.pending+b.retrying.Len() >= b.limit {
+	if b.waitingCount()+len(tasks) > b.opts.QueueSize {
 		b.mu.Unlock()
 		return domain.ErrQueueFull
 	}
-	size := taskBytes(task)
 	if !b.makeRoom(size) {
 		b.mu.Unlock()
-		return fmt.Errorf("%w: a task of %d bytes does not fit in the memory limit of %d bytes (%d held by tasks waiting or running)",
-			domain.ErrStorageFull, size, b.memoryLimit, b.bytes)
+		return fmt.Errorf("%w: %d bytes of tasks do not fit in the memory limit of %d bytes (%d held by tasks waiting or running)",
+			domain.ErrStorageFull, size, b.opts.MemoryLimit, b.bytes)
 	}
-	// Ids come from a UUIDv7 generator; a duplicate would replace the
-	// index entry of the first.
-	i := b.slab.alloc()
-	e := b.slab.at(i)
-	e.task, e.heapIndex, e.bytes = *task, -1, size
-	b.bytes += size
-	b.index.put(task.ID(), i)
-	b.pushReady(i)
+	for _, t := range tasks {
+		// Ids come from a UUIDv7 generator; a duplicate would replace the
+		// index entry of the first.
+		i := b.slab.alloc()
+		e := b.slab.at(i)
+		e.task, e.heapIndex, e.bytes = *t, -1, taskBytes(t)
+		b.bytes += e.bytes
+		b.index.put(t.ID(), i)
+		b.place(i, false, now)
+	}
 	b.mu.Unlock()
 	b.wake()
 	return nil
@@ -137,34 +166,38 @@ func (b *Broker) Enqueue(_ context.Context, task *domain.Task) error {
 
 // Dequeue waits for the next pending task and starts its attempt; see
 // ports.TaskQueue.
-func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
+func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 	for {
 		b.mu.Lock()
 		if b.closed {
 			b.mu.Unlock()
-			return nil, domain.ErrShuttingDown
+			return ports.Attempt{}, domain.ErrShuttingDown
 		}
 		now := b.now()
 		b.promoteDue(now)
 		if i, ok := b.popReady(); ok {
 			e := b.slab.at(i)
+			b.lists.remove(&e.task)
 			if err := e.task.Start(now); err != nil {
+				b.lists.add(&e.task)
 				b.mu.Unlock()
-				return nil, fmt.Errorf("memory broker: %w", err)
+				return ports.Attempt{}, fmt.Errorf("memory broker: %w", err)
 			}
-			b.running[e.task.ID()] = i
+			r := running{slot: i, cancelled: make(chan struct{})}
+			b.running[e.task.ID()] = r
+			b.lists.add(&e.task)
 			out := e.task
 			more := b.pending > 0
 			b.mu.Unlock()
 			if more {
 				b.wake() // pass the signal on to the next waiting worker
 			}
-			return &out, nil
+			return ports.Attempt{Task: &out, Cancelled: r.cancelled}, nil
 		}
 		var due <-chan time.Time
 		var timer *time.Timer
-		if b.retrying.Len() > 0 {
-			timer = time.NewTimer(b.retrying.due(0).Sub(now))
+		if b.waiting.Len() > 0 {
+			timer = time.NewTimer(b.waiting.due(0).Sub(now))
 			due = timer.C
 		}
 		b.mu.Unlock()
@@ -179,7 +212,7 @@ func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
 			timer.Stop()
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return ports.Attempt{}, err
 		}
 	}
 }
@@ -188,36 +221,21 @@ func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
 func (b *Broker) Settle(_ context.Context, attempt int, task *domain.Task) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	i, ok := b.running[task.ID()]
-	if !ok || b.slab.at(i).task.Attempts() != attempt {
+	r, ok := b.running[task.ID()]
+	if !ok || b.slab.at(r.slot).task.Attempts() != attempt {
 		return fmt.Errorf("settle attempt %d of task %s: %w", attempt, task.ID(), domain.ErrStaleAttempt)
 	}
-	status := task.Status()
-	if status != domain.StatusSucceeded && status != domain.StatusFailed && status != domain.StatusRetrying && status != domain.StatusPending {
-		return &domain.TransitionError{Action: "settle", From: status}
+	switch task.Status() {
+	case domain.StatusSucceeded, domain.StatusFailed, domain.StatusRetrying, domain.StatusPending:
+	default:
+		return &domain.TransitionError{Action: "settle", From: task.Status()}
 	}
-	delete(b.running, task.ID())
-	e := b.slab.at(i)
-	e.task = *task
-	size := taskBytes(task) // a longer error can grow it: never refused
-	b.bytes += size - e.bytes
-	e.bytes = size
-	b.makeRoom(0)
 	now := b.now()
-	switch status {
-	case domain.StatusSucceeded, domain.StatusFailed:
-		e.expires = now.Add(b.retention).UnixNano()
-		b.finished.pushBack(i)
-		b.expire(now)
-	case domain.StatusRetrying:
-		e.seq = b.nextSeq()
-		heap.Push(&b.retrying, i)
-		b.wake()
-	case domain.StatusPending: // handed back: first in line again
-		b.ready[task.Priority().Level()].pushFront(i)
-		b.pending++
-		b.wake()
-	}
+	b.unplace(r.slot)
+	b.store(r.slot, task)
+	b.place(r.slot, task.Status() == domain.StatusPending, now) // handed back: first in line again
+	b.makeRoom(0)
+	b.expire(now)
 	return nil
 }
 
@@ -236,6 +254,146 @@ func (b *Broker) Get(_ context.Context, id uuid.UUID) (*domain.Task, error) {
 	return &out, nil
 }
 
+// List returns a page of tasks, newest first; see ports.TaskReader.
+func (b *Broker) List(_ context.Context, filter ports.ListFilter, after uuid.UUID, limit int) (ports.ListPage, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	b.promoteDue(now)
+	b.expire(now)
+	var runningIDs []uuid.UUID
+	for id, r := range b.running {
+		if len(filter.Types) == 0 || slices.Contains(filter.Types, b.slab.at(r.slot).task.Type()) {
+			runningIDs = append(runningIDs, id)
+		}
+	}
+	ids, more := page(b.lists.sources(filter.Statuses, filter.Types, runningIDs), after, limit)
+	out := ports.ListPage{Tasks: make([]*domain.Task, 0, len(ids))}
+	for _, id := range ids {
+		if i, ok := b.index.get(id); ok {
+			t := b.slab.at(i).task
+			out.Tasks = append(out.Tasks, &t)
+		}
+	}
+	if more && len(ids) > 0 {
+		out.Next = ids[len(ids)-1]
+	}
+	return out, nil
+}
+
+// Update applies change to a task atomically; see ports.TaskAdmin.
+func (b *Broker) Update(_ context.Context, id uuid.UUID, change func(*domain.Task) error) (*domain.Task, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	b.promoteDue(now)
+	b.expire(now)
+	out, err := b.update(id, change, now)
+	if err != nil {
+		return nil, err
+	}
+	if out.Status() == domain.StatusPending {
+		b.wake()
+	}
+	return out, nil
+}
+
+// update is Update under the lock.
+func (b *Broker) update(id uuid.UUID, change func(*domain.Task) error, now time.Time) (*domain.Task, error) {
+	i, ok := b.index.get(id)
+	if !ok {
+		return nil, domain.ErrTaskNotFound
+	}
+	e := b.slab.at(i)
+	next := e.task
+	if err := change(&next); err != nil {
+		return nil, err
+	}
+	if next.Status().Waiting() && !e.task.Status().Waiting() && b.waitingCount() >= b.opts.QueueSize {
+		return nil, domain.ErrQueueFull
+	}
+	r := b.unplace(i)
+	if r.cancelled != nil {
+		close(r.cancelled) // the attempt no longer counts: stop it
+	}
+	b.store(i, &next)
+	b.place(i, false, now)
+	b.makeRoom(0)
+	out := next
+	return &out, nil
+}
+
+// UpdateMany applies change to matching tasks; see ports.TaskAdmin.
+func (b *Broker) UpdateMany(_ context.Context, filter ports.ListFilter, limit int, change func(*domain.Task) error) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	b.promoteDue(now)
+	b.expire(now)
+	changed := 0
+	// The ids are gathered first: changing a task moves it between the
+	// indexes being read.
+	ids, _ := page(b.lists.sources(filter.Statuses, filter.Types, nil), uuid.Nil, limit)
+	for _, id := range ids {
+		switch _, err := b.update(id, change, now); {
+		case err == nil:
+			changed++
+		case errors.Is(err, domain.ErrQueueFull):
+			return changed, err
+		}
+	}
+	if changed > 0 {
+		b.wake()
+	}
+	return changed, nil
+}
+
+// Delete removes a task if check accepts it; see ports.TaskAdmin.
+func (b *Broker) Delete(_ context.Context, id uuid.UUID, check func(*domain.Task) error) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.expire(b.now())
+	i, ok := b.index.get(id)
+	if !ok {
+		return domain.ErrTaskNotFound
+	}
+	if err := check(&b.slab.at(i).task); err != nil {
+		return err
+	}
+	b.unplace(i)
+	b.forget(i)
+	return nil
+}
+
+// Stats returns the counters; see ports.StatsReader.
+func (b *Broker) Stats(context.Context) (ports.Stats, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	b.promoteDue(now)
+	b.expire(now)
+	st := ports.Stats{ByType: make(map[string]map[domain.Status]int64, len(b.lists.byType))}
+	for typ, tl := range b.lists.byType {
+		m := map[domain.Status]int64{}
+		for s, n := range tl.counts {
+			if n > 0 {
+				m[domain.Status(s)] = n
+			}
+		}
+		if len(m) > 0 {
+			st.ByType[typ] = m
+		}
+	}
+	for level := range b.ready {
+		if i, ok := b.liveFront(&b.ready[level]); ok {
+			if since := b.slab.at(i).task.UpdatedAt(); st.OldestPending.IsZero() || since.Before(st.OldestPending) {
+				st.OldestPending = since
+			}
+		}
+	}
+	return st, nil
+}
+
 // Ping returns nil while the broker is open and domain.ErrShuttingDown
 // after Close; see ports.Pinger.
 func (b *Broker) Ping(context.Context) error {
@@ -247,105 +405,41 @@ func (b *Broker) Ping(context.Context) error {
 	return nil
 }
 
-// Stats counts the tasks the broker holds by status, and the bytes they
-// count against the memory limit.
-type Stats struct {
-	Pending, Running, Retrying, Finished int
-	Bytes                                int64
+// Counts says how many tasks the broker holds in each state, and the
+// bytes they count against the memory limit.
+type Counts struct {
+	Scheduled, Pending, Running, Retrying, Finished int
+	Bytes                                           int64
 }
 
-// Stats returns how many tasks are in each state now.
-func (b *Broker) Stats() Stats {
+// Counts returns how many tasks are in each state now.
+func (b *Broker) Counts() Counts {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.promoteDue(b.now())
-	s := Stats{Pending: b.pending, Running: len(b.running), Retrying: b.retrying.Len(), Finished: b.finished.len(), Bytes: b.bytes}
-	return s
+	c := Counts{Pending: b.pending, Running: len(b.running), Finished: b.finished[0].live + b.finished[1].live, Bytes: b.bytes}
+	for _, i := range b.waiting.items {
+		if b.slab.at(i).task.Status() == domain.StatusScheduled {
+			c.Scheduled++
+		} else {
+			c.Retrying++
+		}
+	}
+	return c
 }
 
 // Close stops the broker: waiting and later Dequeue and Enqueue calls get
 // domain.ErrShuttingDown. It returns what was still held, which is
 // dropped. Calling it again does nothing and returns the same counts.
-func (b *Broker) Close() Stats {
-	s := b.Stats()
+func (b *Broker) Close() Counts {
+	c := b.Counts()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.closed {
 		b.closed = true
 		close(b.done)
 	}
-	return s
-}
-
-// pushReady appends task i to the back of its priority's FIFO.
-func (b *Broker) pushReady(i slot) {
-	b.ready[b.slab.at(i).task.Priority().Level()].pushBack(i)
-	b.pending++
-}
-
-// popReady removes and returns the first task of the highest non-empty
-// priority, if there is one.
-func (b *Broker) popReady() (slot, bool) {
-	if b.pending == 0 {
-		return 0, false
-	}
-	for level := domain.MaxPriority; level >= domain.MinPriority; level-- {
-		if r := &b.ready[level]; r.len() > 0 {
-			b.pending--
-			return r.popFront(), true
-		}
-	}
-	return 0, false
-}
-
-// promoteDue moves retrying tasks whose backoff is over to their FIFO.
-func (b *Broker) promoteDue(now time.Time) {
-	for b.retrying.Len() > 0 && !b.retrying.due(0).After(now) {
-		i := heap.Pop(&b.retrying).(slot)
-		_ = b.slab.at(i).task.Requeue(now) // only retrying tasks are in the heap
-		b.pushReady(i)
-	}
-}
-
-// expire forgets finished tasks whose retention is over, and the oldest
-// ones past the MaxFinished cap. Tasks finish in order, so it stops at the
-// first one still kept.
-func (b *Broker) expire(now time.Time) {
-	nowNano := now.UnixNano()
-	for b.finished.len() > 0 {
-		i := b.finished.front()
-		e := b.slab.at(i)
-		overCap := b.maxFinished > 0 && b.finished.len() > b.maxFinished
-		if !overCap && nowNano < e.expires {
-			return
-		}
-		b.forgetOldestFinished()
-	}
-}
-
-// makeRoom forgets finished tasks, oldest first, until size more bytes fit
-// under the memory limit. It reports whether they fit.
-func (b *Broker) makeRoom(size int64) bool {
-	if b.memoryLimit == 0 {
-		return true
-	}
-	for b.bytes+size > b.memoryLimit && b.finished.len() > 0 {
-		b.forgetOldestFinished()
-	}
-	return b.bytes+size <= b.memoryLimit
-}
-
-func (b *Broker) forgetOldestFinished() {
-	i := b.finished.popFront()
-	e := b.slab.at(i)
-	b.bytes -= e.bytes
-	b.index.remove(e.task.ID())
-	b.slab.release(i)
-}
-
-func (b *Broker) nextSeq() uint64 {
-	b.seq++
-	return b.seq
+	return c
 }
 
 func (b *Broker) wake() {

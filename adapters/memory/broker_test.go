@@ -41,14 +41,15 @@ func TestCloseWakesWaitersAndCountsDropped(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		_ = b.Enqueue(ctx, brokertest.NewTask(t, 0, 1))
 	}
-	running, _ := b.Dequeue(ctx)
+	att, _ := b.Dequeue(ctx)
+	running := att.Task
 	p, _ := domain.NewRetryPolicy(time.Hour, time.Hour)
 	_ = running.Fail(time.Now(), "x", p, 0.5)
 	if err := b.Settle(ctx, 1, running); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = b.Dequeue(ctx) // one running
-	if s := b.Stats(); s.Pending != 1 || s.Running != 1 || s.Retrying != 1 || s.Finished != 0 {
+	if s := b.Counts(); s.Pending != 1 || s.Running != 1 || s.Retrying != 1 || s.Finished != 0 {
 		t.Fatalf("Stats = %+v", s)
 	}
 	empty, _ := memory.New(memory.Options{QueueSize: 1})
@@ -78,7 +79,8 @@ func TestRetentionWithInjectedClock(t *testing.T) {
 	ctx := context.Background()
 	task := brokertest.NewTask(t, 0, 0)
 	_ = b.Enqueue(ctx, task)
-	running, _ := b.Dequeue(ctx)
+	att, _ := b.Dequeue(ctx)
+	running := att.Task
 	_ = running.Succeed(now)
 	_ = b.Settle(ctx, 1, running)
 	now = now.Add(time.Hour - time.Nanosecond)
@@ -89,7 +91,7 @@ func TestRetentionWithInjectedClock(t *testing.T) {
 	if _, err := b.Get(ctx, task.ID()); !errors.Is(err, domain.ErrTaskNotFound) {
 		t.Fatalf("at retention end: %v", err)
 	}
-	if s := b.Stats(); s.Finished != 0 {
+	if s := b.Counts(); s.Finished != 0 {
 		t.Fatalf("expired task still held: %+v", s)
 	}
 }
@@ -106,7 +108,8 @@ func TestRingGrowsAndShrinksInOrder(t *testing.T) {
 		}
 	}
 	for i, id := range ids {
-		got, err := b.Dequeue(ctx)
+		att, err := b.Dequeue(ctx)
+		got := att.Task
 		if err != nil || got.ID().String() != id {
 			t.Fatalf("dequeue %d: %v %v; want %s", i, got, err, id)
 		}
@@ -121,7 +124,8 @@ func TestMaxFinishedForgetsOldestFirst(t *testing.T) {
 		task := brokertest.NewTask(t, 0, 0)
 		ids = append(ids, task.ID())
 		_ = b.Enqueue(ctx, task)
-		running, _ := b.Dequeue(ctx)
+		att, _ := b.Dequeue(ctx)
+		running := att.Task
 		_ = running.Succeed(time.Now())
 		if err := b.Settle(ctx, 1, running); err != nil {
 			t.Fatal(err)
@@ -169,7 +173,8 @@ func TestMemoryLimitEvictsFinishedOldestFirstThenRefuses(t *testing.T) {
 		if err := b.Enqueue(ctx, task); err != nil {
 			t.Fatal(err)
 		}
-		running, _ := b.Dequeue(ctx)
+		att, _ := b.Dequeue(ctx)
+		running := att.Task
 		_ = running.Succeed(time.Now())
 		_ = b.Settle(ctx, 1, running)
 		finished = append(finished, task.ID())
@@ -195,7 +200,7 @@ func TestMemoryLimitEvictsFinishedOldestFirstThenRefuses(t *testing.T) {
 	if !errors.Is(err, domain.ErrStorageFull) || !strings.Contains(err.Error(), "memory limit") {
 		t.Fatalf("enqueue with only waiting tasks held: %v; want ErrStorageFull", err)
 	}
-	if s := b.Stats(); s.Bytes > limit || s.Pending != 5 || s.Finished != 0 {
+	if s := b.Counts(); s.Bytes > limit || s.Pending != 5 || s.Finished != 0 {
 		t.Fatalf("stats %+v; want 5 pending within %d bytes", s, limit)
 	}
 }
