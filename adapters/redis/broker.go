@@ -34,13 +34,17 @@ type Options struct {
 	// attempts it runs and in logs. It should be unique among the
 	// instances sharing the queue (host:pid, say).
 	Instance string
-	// QueueSize bounds the tasks waiting to run (pending and retrying) of
-	// the whole shared queue.
+	// QueueSize bounds the tasks waiting to run (scheduled, pending and
+	// retrying) of the whole shared queue.
 	QueueSize int
-	// Retention is how long finished tasks can still be read (Redis TTL).
-	Retention time.Duration
-	// MaxFinished caps the finished tasks kept; 0 means no cap.
+	// Retention is how long succeeded tasks can still be read (Redis TTL),
+	// and MaxFinished caps how many are kept (0: no cap).
+	Retention   time.Duration
 	MaxFinished int
+	// FailedRetention and MaxFailed are the same for dead letters (failed
+	// and cancelled tasks). FailedRetention defaults to Retention.
+	FailedRetention time.Duration
+	MaxFailed       int
 	// Lease is how long an attempt may go without its instance renewing
 	// it before another instance recovers the task. At least one second.
 	Lease time.Duration
@@ -53,7 +57,11 @@ type Options struct {
 	// looks through the task records for tasks that no set holds.
 	// Defaults to one minute.
 	SweepInterval time.Duration
-	Log           logrus.FieldLogger
+	// CancelCheckInterval is how often the instance asks whether the tasks
+	// of its running attempts were cancelled. Defaults to 500 ms, so a
+	// cancel reaches its attempt within a second.
+	CancelCheckInterval time.Duration
+	Log                 logrus.FieldLogger
 	// Now and Random default to the wall clock and math/rand/v2.
 	Now    func() time.Time
 	Random func() float64
@@ -94,18 +102,25 @@ type Broker struct {
 
 // lease is an attempt this instance runs.
 type lease struct {
-	token    string
-	attempt  int
-	score    string    // place in the ready set, for a hand-back
-	deadline time.Time // when the lease runs out unless renewed
+	token     string
+	attempt   int
+	score     string    // place in the ready set, for a hand-back
+	deadline  time.Time // when the lease runs out unless renewed
+	cancelled chan struct{}
 }
 
 type keys struct {
-	ready, running, delayed, finished, seq, wake, task, schema, sweep string
+	tag, ready, running, delayed, finished, dead, seq, wake, counts, task, schema, sweep, idem string
+}
+
+// all returns the keys every script takes, in the order the prelude
+// names them.
+func (k keys) all() []string {
+	return []string{k.ready, k.running, k.delayed, k.finished, k.dead, k.seq, k.wake, k.counts}
 }
 
 type scripts struct {
-	enqueue, dequeue, settle, renew, undo, maintain, repair *goredis.Script
+	enqueue, dequeue, settle, update, del, renew, check, undo, maintain, stats, repair *goredis.Script
 }
 
 var _ ports.Broker = (*Broker)(nil)
@@ -151,6 +166,12 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	}
 	if opts.Instance == "" {
 		opts.Instance = "taskqueue"
+	}
+	if opts.FailedRetention == 0 {
+		opts.FailedRetention = opts.Retention
+	}
+	if opts.CancelCheckInterval <= 0 {
+		opts.CancelCheckInterval = 500 * time.Millisecond
 	}
 	// go-redis reports connection-pool trouble through one process-wide
 	// logger, to stderr by default. Route it to ours at debug level: the
@@ -199,19 +220,20 @@ func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts
 	}
 	sc := scripts{
 		enqueue: enqueueScript.build(flags), dequeue: dequeueScript.build(flags), settle: settleScript.build(flags),
-		renew: renewScript.build(flags), undo: undoScript.build(flags), maintain: maintainScript.build(flags),
-		repair: repairScript.build(flags),
+		update: updateScript.build(flags), del: deleteScript.build(flags), renew: renewScript.build(flags),
+		check: checkScript.build(flags), undo: undoScript.build(flags), maintain: maintainScript.build(flags),
+		stats: statsScript.build(flags), repair: repairScript.build(flags),
 	}
-	for _, s := range []*goredis.Script{sc.enqueue, sc.dequeue, sc.settle, sc.renew, sc.undo, sc.maintain, sc.repair} {
+	for _, s := range []*goredis.Script{sc.enqueue, sc.dequeue, sc.settle, sc.update, sc.del, sc.renew, sc.check, sc.undo, sc.maintain, sc.stats, sc.repair} {
 		if err := s.Load(pingCtx, rdb).Err(); err != nil {
 			return nil, fmt.Errorf("load scripts: %w", err)
 		}
 	}
 	tag := "{" + opts.Prefix + "}:"
 	k := keys{
-		ready: tag + "ready", running: tag + "running", delayed: tag + "delayed",
-		finished: tag + "finished", seq: tag + "seq", wake: tag + "wake", task: tag + "t:",
-		schema: tag + "schema", sweep: tag + "sweep",
+		tag: tag, ready: tag + "ready", running: tag + "running", delayed: tag + "delayed",
+		finished: tag + "finished", dead: tag + "dead", seq: tag + "seq", wake: tag + "wake", counts: tag + "counts",
+		task: tag + "t:", schema: tag + "schema", sweep: tag + "sweep", idem: tag + "idem:",
 	}
 	if err := checkSchema(ctx, rdb, k, opts); err != nil {
 		return nil, err
@@ -239,9 +261,10 @@ func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts
 		b.callers.Add(1)
 		go b.pipeline()
 	}
-	b.loops.Add(4)
+	b.loops.Add(5)
 	go b.fetchLoop()
 	go b.renewLoop()
+	go b.cancelLoop()
 	go b.maintainLoop()
 	go b.sweepLoop()
 	return b, nil
@@ -325,25 +348,30 @@ func replied(err error) bool {
 
 func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 
-// Enqueue stores a new pending task; see ports.TaskQueue.
-func (b *Broker) Enqueue(ctx context.Context, task *domain.Task) error {
+// Enqueue stores new tasks, all or none, in one script call; see
+// ports.TaskQueue.
+func (b *Broker) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 	if b.closed.Load() {
 		return domain.ErrShuttingDown
 	}
-	if task.Status() != domain.StatusPending {
-		return &domain.TransitionError{Action: "enqueue", From: task.Status()}
+	args := make([]any, 0, 2+7*len(tasks))
+	args = append(args, b.keys.tag, b.opts.QueueSize)
+	for _, task := range tasks {
+		st := task.Status()
+		if st != domain.StatusPending && st != domain.StatusScheduled {
+			return &domain.TransitionError{Action: "enqueue", From: st}
+		}
+		d, err := encodeData(task)
+		if err != nil {
+			return err
+		}
+		s, err := encodeState(task, "")
+		if err != nil {
+			return err
+		}
+		args = append(args, task.ID().String(), d, s, st.String(), task.Type(), task.Priority().Level(), ms(task.RunAt()))
 	}
-	d, err := encodeData(task)
-	if err != nil {
-		return err
-	}
-	s, err := encodeState(task, "")
-	if err != nil {
-		return err
-	}
-	id := task.ID().String()
-	res, err := b.run(ctx, b.scripts.enqueue, []string{b.keys.ready, b.keys.delayed, b.keys.seq, b.keys.wake, b.keys.task + id},
-		b.opts.QueueSize, d, s, id, task.Priority().Level())
+	res, err := b.run(ctx, b.scripts.enqueue, b.keys.all(), args...)
 	if err != nil {
 		return err
 	}
@@ -353,24 +381,32 @@ func (b *Broker) Enqueue(ctx context.Context, task *domain.Task) error {
 	case 0:
 		return domain.ErrQueueFull
 	default:
-		return fmt.Errorf("task %s is already stored: %w", id, domain.ErrInvalidInput)
+		return fmt.Errorf("a task of this batch is already stored: %w", domain.ErrInvalidInput)
 	}
 }
 
 // Get returns the stored task, as its record says; see ports.TaskReader.
 // It is one HMGET, whatever the number of tasks.
 func (b *Broker) Get(ctx context.Context, id uuid.UUID) (*domain.Task, error) {
-	vals, err := b.rdb.HMGet(ctx, b.keys.task+id.String(), "d", "s").Result()
+	t, _, err := b.read(ctx, id)
+	return t, err
+}
+
+// read returns the stored task with its raw state, or
+// domain.ErrTaskNotFound.
+func (b *Broker) read(ctx context.Context, id uuid.UUID) (*domain.Task, string, error) {
+	vals, err := b.rdb.HMGet(ctx, b.keys.task+id.String(), "d", "s", "r").Result()
 	if err != nil {
-		return nil, classify(err)
+		return nil, "", classify(err)
 	}
 	d, _ := vals[0].(string)
 	s, _ := vals[1].(string)
+	r, _ := vals[2].(string)
 	if d == "" || s == "" {
-		return nil, domain.ErrTaskNotFound
+		return nil, "", domain.ErrTaskNotFound
 	}
-	t, _, err := decodeRecord(id, d, s)
-	return t, err
+	t, _, err := decodeRecord(id, d, s, r)
+	return t, s, err
 }
 
 // Ping checks that Redis answers; see ports.Pinger.
@@ -426,16 +462,17 @@ func (b *Broker) Settle(ctx context.Context, attempt int, task *domain.Task) err
 // when set, also requires the lease to have run out by then. owner says
 // the attempt's own instance writes (and keeps the token in the state).
 func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expiredBy string, owner bool) error {
-	var kind, scoreOrDue string
-	switch task.Status() {
-	case domain.StatusSucceeded, domain.StatusFailed:
-		kind = "finished"
-	case domain.StatusRetrying:
-		kind, scoreOrDue = "retry", ms(task.NextAttemptAt())
-	case domain.StatusPending:
-		kind, scoreOrDue = "pending", h.score
+	st := task.Status()
+	var at string
+	switch {
+	case st == domain.StatusRetrying:
+		at = ms(task.NextAttemptAt())
+	case st == domain.StatusPending:
+		at = h.score
+	case st.Finished():
+		at = ms(task.FinishedAt())
 	default:
-		return &domain.TransitionError{Action: "settle", From: task.Status()}
+		return &domain.TransitionError{Action: "settle", From: st}
 	}
 	keep := ""
 	if owner {
@@ -445,10 +482,9 @@ func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expired
 	if err != nil {
 		return err
 	}
-	res, err := b.run(ctx, b.scripts.settle,
-		[]string{b.keys.running, b.keys.delayed, b.keys.ready, b.keys.finished, b.keys.wake},
-		b.keys.task, task.ID().String(), h.token, s, kind, scoreOrDue, b.opts.Retention.Milliseconds(),
-		b.opts.MaxFinished, expiredBy, ms(b.opts.Now()))
+	retention, limit := b.retention(st)
+	res, err := b.run(ctx, b.scripts.settle, b.keys.all(),
+		b.keys.tag, task.ID().String(), h.token, s, st.String(), at, retention, limit, expiredBy, string(task.Result().Data))
 	if err != nil {
 		return err
 	}
@@ -458,6 +494,15 @@ func (b *Broker) settle(ctx context.Context, task *domain.Task, h lease, expired
 	default:
 		return fmt.Errorf("settle attempt %d of task %s: %w", h.attempt, task.ID(), domain.ErrStaleAttempt)
 	}
+}
+
+// retention returns how long a task of status st is kept once finished
+// (ms) and the cap of its kind.
+func (b *Broker) retention(st domain.Status) (keepMs int64, limit int) {
+	if st.DeadLetter() {
+		return b.opts.FailedRetention.Milliseconds(), b.opts.MaxFailed
+	}
+	return b.opts.Retention.Milliseconds(), b.opts.MaxFinished
 }
 
 // release forgets the attempt with the given token: its lease is no longer
@@ -470,24 +515,25 @@ func (b *Broker) release(id uuid.UUID, token string) {
 	b.mu.Unlock()
 }
 
-// Stats counts the tasks of the whole shared queue by state.
-type Stats struct {
-	Pending, Running, Retrying int64
+// Counts says how many tasks of the whole shared queue each set holds.
+type Counts struct {
+	Pending, Running, Waiting int64 // Waiting: scheduled and retrying
 	// Finished counts the finished tasks still kept.
 	Finished int64
 }
 
-// Stats returns the queue's counts, or domain.ErrUnavailable.
-func (b *Broker) Stats(ctx context.Context) (Stats, error) {
+// Counts returns the sizes of the queue's sets, or domain.ErrUnavailable.
+func (b *Broker) Counts(ctx context.Context) (Counts, error) {
 	pipe := b.rdb.Pipeline()
 	ready := pipe.ZCard(ctx, b.keys.ready)
 	running := pipe.ZCard(ctx, b.keys.running)
 	delayed := pipe.ZCard(ctx, b.keys.delayed)
 	finished := pipe.ZCard(ctx, b.keys.finished)
+	dead := pipe.ZCard(ctx, b.keys.dead)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return Stats{}, classify(err)
+		return Counts{}, classify(err)
 	}
-	return Stats{Pending: ready.Val(), Running: running.Val(), Retrying: delayed.Val(), Finished: finished.Val()}, nil
+	return Counts{Pending: ready.Val(), Running: running.Val(), Waiting: delayed.Val(), Finished: finished.Val() + dead.Val()}, nil
 }
 
 // Held returns how many attempts this instance runs, as far as the broker

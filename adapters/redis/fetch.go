@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/taskqueue/taskqueue/domain"
+	"github.com/taskqueue/taskqueue/ports"
 )
 
 // waiter is one Dequeue call waiting for a task.
@@ -56,22 +57,29 @@ func (w *waiter) left() bool {
 // attempt; see ports.TaskQueue. One fetcher per instance serves all its
 // waiting workers with one script call, and sleeps on a Redis list that
 // every submission pushes to, so an idle instance does not poll.
-func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
+func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 	if b.closed.Load() {
-		return nil, domain.ErrShuttingDown
+		return ports.Attempt{}, domain.ErrShuttingDown
 	}
 	w := &waiter{ch: make(chan *domain.Task, 1)}
 	select {
 	case b.waiters <- w:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ports.Attempt{}, ctx.Err()
 	case <-b.stop:
-		return nil, domain.ErrShuttingDown
+		return ports.Attempt{}, domain.ErrShuttingDown
 	}
 	var err error
 	select {
 	case t := <-w.ch:
-		return t, nil
+		b.mu.Lock()
+		h, ok := b.held[t.ID()]
+		b.mu.Unlock()
+		if !ok { // cancelled between the fetch and now
+			h.cancelled = make(chan struct{})
+			close(h.cancelled)
+		}
+		return ports.Attempt{Task: t, Cancelled: h.cancelled}, nil
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-b.stop:
@@ -80,7 +88,7 @@ func (b *Broker) Dequeue(ctx context.Context) (*domain.Task, error) {
 	if t := w.leave(); t != nil {
 		b.unfetch(t)
 	}
-	return nil, err
+	return ports.Attempt{}, err
 }
 
 // fetchResult is one dequeue call's answer for the waiters it served.
@@ -210,9 +218,8 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	tokens := b.tokens + ":" + strconv.FormatUint(b.fetchN.Add(1), 36)
 	// Through the shared pipelines: a fetch then often rides in the same
 	// round trip as the completions of the workers it is fetching for.
-	val, err := b.run(ctx, b.scripts.dequeue,
-		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
-		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, tokens, b.opts.Instance)
+	val, err := b.run(ctx, b.scripts.dequeue, b.keys.all(),
+		b.keys.tag, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, tokens, b.opts.Instance)
 	if err != nil {
 		if errors.Is(err, domain.ErrUnavailable) && !replied(err) {
 			// The call was sent and may have run, its reply lost: remember
@@ -246,13 +253,13 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 			b.log.WithField("member", rawID).Error("ready set holds an id that is not a UUID; leaving it to lease recovery")
 			continue
 		}
-		t, st, err := decodeRecord(id, d, s)
+		t, st, err := decodeRecord(id, d, s, "")
 		if err != nil {
 			b.log.WithError(err).Error("cannot read a task record; leaving it to lease recovery")
 			continue
 		}
 		b.mu.Lock()
-		b.held[id] = lease{token: st.Token, attempt: t.Attempts(), score: st.Score, deadline: fromMillis(st.Lease)}
+		b.held[id] = lease{token: st.Token, attempt: t.Attempts(), score: st.Score, deadline: fromMillis(st.Lease), cancelled: make(chan struct{})}
 		b.mu.Unlock()
 		tasks = append(tasks, t)
 	}
@@ -300,8 +307,7 @@ func (b *Broker) unfetch(t *domain.Task) {
 	defer b.release(t.ID(), h.token)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if _, err := b.run(ctx, b.scripts.undo, []string{b.keys.running, b.keys.ready, b.keys.wake},
-		b.keys.task, "ids", t.ID().String(), h.token); err != nil {
+	if _, err := b.run(ctx, b.scripts.undo, b.keys.all(), b.keys.tag, "ids", t.ID().String(), h.token); err != nil {
 		b.log.WithError(err).WithField("task_id", t.ID()).Warn("cannot put back an undelivered task; its lease will expire and it will be recovered")
 	}
 }

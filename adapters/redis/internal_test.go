@@ -70,7 +70,8 @@ func TestRenewAfterSettleIsNotALostLease(t *testing.T) {
 	if err := b.Enqueue(ctx, task); err != nil {
 		t.Fatal(err)
 	}
-	running, err := b.Dequeue(ctx)
+	runningAtt, err := b.Dequeue(ctx)
+	running := runningAtt.Task
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,7 @@ func (b *Broker) renew() bool {
 	args := make([]any, 0, 2+2*len(b.held))
 	start := b.opts.Now()
 	deadline := start.Add(b.opts.Lease)
-	args = append(args, b.keys.task, ms(deadline))
+	args = append(args, b.keys.tag, ms(deadline))
 	tokens := make(map[uuid.UUID]string, len(b.held))
 	for id, h := range b.held {
 		args = append(args, id.String(), h.token)
@@ -60,7 +60,7 @@ func (b *Broker) renew() bool {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
 	defer cancel()
-	lost, err := b.scripts.renew.Run(ctx, b.rdb, []string{b.keys.running}, args...).StringSlice()
+	lost, err := b.scripts.renew.Run(ctx, b.rdb, b.keys.all(), args...).StringSlice()
 	if err != nil {
 		if b.ctx.Err() == nil && !b.renewFailing.Swap(true) {
 			b.log.WithError(classify(err)).Warn("cannot renew leases; retrying; if Redis stays away past a lease, other instances take over its tasks")
@@ -81,8 +81,8 @@ func (b *Broker) renew() bool {
 		switch {
 		case !ok || h.token != token: // settled meanwhile
 		case gone[id]:
-			delete(b.held, id)
-			b.log.WithField("task_id", id).Warn("lease lost: another instance recovered this task while it ran here; this attempt's result will be discarded")
+			b.drop(id, h)
+			b.log.WithField("task_id", id).Warn("lease lost: the task was cancelled or recovered by another instance while it ran here; this attempt's result will be discarded")
 		default:
 			h.deadline = deadline
 			b.held[id] = h
@@ -90,6 +90,48 @@ func (b *Broker) renew() bool {
 	}
 	b.mu.Unlock()
 	return true
+}
+
+// cancelLoop tells this instance's attempts whose task was cancelled (or
+// taken over) to stop, every CancelCheckInterval: one read-only script
+// call when attempts run, none when idle.
+func (b *Broker) cancelLoop() {
+	b.every(b.opts.CancelCheckInterval, nil, func() {
+		b.mu.Lock()
+		if len(b.held) == 0 {
+			b.mu.Unlock()
+			return
+		}
+		args := make([]any, 0, 1+2*len(b.held))
+		args = append(args, b.keys.tag)
+		for id, h := range b.held {
+			args = append(args, id.String(), h.token)
+		}
+		b.mu.Unlock()
+		ctx, cancel := context.WithTimeout(b.ctx, opTimeout)
+		defer cancel()
+		gone, err := b.scripts.check.Run(ctx, b.rdb, b.keys.all(), args...).StringSlice()
+		if err != nil {
+			return // Redis is away: renewals say so
+		}
+		for _, raw := range gone {
+			id, _ := uuid.Parse(raw)
+			b.mu.Lock()
+			if h, ok := b.held[id]; ok {
+				b.drop(id, h)
+			}
+			b.mu.Unlock()
+		}
+	})
+}
+
+// drop forgets an attempt that no longer counts and tells it to stop.
+// The caller holds b.mu.
+func (b *Broker) drop(id uuid.UUID, h lease) {
+	delete(b.held, id)
+	if h.cancelled != nil {
+		close(h.cancelled)
+	}
 }
 
 // every calls fn every interval, and whenever kick has a value, until
@@ -135,9 +177,8 @@ func (b *Broker) maintain() error {
 		return err
 	}
 	now := b.opts.Now()
-	expired, err := b.scripts.maintain.Run(ctx, b.rdb,
-		[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake, b.keys.finished},
-		b.keys.task, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Retention.Milliseconds()).StringSlice()
+	expired, err := b.scripts.maintain.Run(ctx, b.rdb, b.keys.all(),
+		b.keys.tag, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Retention.Milliseconds(), b.opts.FailedRetention.Milliseconds()).StringSlice()
 	if err != nil {
 		return classify(err)
 	}
@@ -159,11 +200,11 @@ func (b *Broker) reclaimLost(ctx context.Context) error {
 	if len(prefixes) == 0 {
 		return nil
 	}
-	args := []any{b.keys.task, "prefixes"}
+	args := []any{b.keys.tag, "prefixes"}
 	for _, p := range prefixes {
 		args = append(args, p)
 	}
-	n, err := b.scripts.undo.Run(ctx, b.rdb, []string{b.keys.running, b.keys.ready, b.keys.wake}, args...).Int()
+	n, err := b.scripts.undo.Run(ctx, b.rdb, b.keys.all(), args...).Int()
 	if err != nil {
 		return classify(err)
 	}
@@ -194,7 +235,7 @@ func (b *Broker) recover(ctx context.Context, rawID string, now time.Time) error
 	if d == "" || s == "" {
 		return b.rdb.ZRem(ctx, b.keys.running, rawID).Err() // the record is gone
 	}
-	task, st, err := decodeRecord(id, d, s)
+	task, st, err := decodeRecord(id, d, s, "")
 	if err != nil {
 		return err
 	}
@@ -298,12 +339,13 @@ func (b *Broker) repairBatch(ctx context.Context, keys []string) (int, error) {
 			continue // gone, or where it belongs (no score is ever zero but a repaired lease)
 		}
 		var st state
-		if json.Unmarshal([]byte(raw), &st) != nil || st.Status == domain.StatusSucceeded.String() || st.Status == domain.StatusFailed.String() {
+		if json.Unmarshal([]byte(raw), &st) != nil {
 			continue
 		}
-		n, err := b.scripts.repair.Run(ctx, b.rdb,
-			[]string{b.keys.ready, b.keys.running, b.keys.delayed, b.keys.seq, b.keys.wake},
-			b.keys.task, ids[i]).Int()
+		if status, err := domain.ParseStatus(st.Status); err != nil || status.Finished() {
+			continue
+		}
+		n, err := b.scripts.repair.Run(ctx, b.rdb, b.keys.all(), b.keys.tag, ids[i]).Int()
 		if err != nil {
 			return repaired, err
 		}

@@ -36,28 +36,26 @@ type recordV1 struct {
 	Next       string `json:"n,omitempty"`
 }
 
-// convertV1Script replaces one v1 record by its hash, keeping its TTL, and
-// moves its running attempt, if any, to the new running member.
-// KEYS: task, running. ARGV: data, state, pttl_ms, old member (or empty),
-// lease_ms. Returns 1 when it converted the record.
-var convertV1Script = goredis.NewScript(`
-if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'd', ARGV[1], 's', ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-if ARGV[4] ~= '' then
-  redis.call('ZREM', KEYS[2], ARGV[4])
-  local id = string.sub(ARGV[4], 1, string.find(ARGV[4], '|', 1, true) - 1)
-  redis.call('ZADD', KEYS[2], ARGV[5], id)
+// convertV1Script replaces one v1 record by its hash, keeping its TTL,
+// indexes and counts it, and moves its running attempt, if any, to the new
+// running member.
+// ARGV: tag, id, data, state, pttl_ms, old running member (or empty),
+// lease_ms, status, type, finish ms. Returns 1 when it converted it.
+var convertV1Script = goredis.NewScript(prelude + `
+local id = ARGV[2]
+if redis.call('TYPE', rec(id)).ok ~= 'string' then return 0 end
+redis.call('DEL', rec(id))
+redis.call('HSET', rec(id), 'd', ARGV[3], 's', ARGV[4])
+if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', rec(id), ARGV[5]) end
+local st, ty = ARGV[8], ARGV[9]
+if ARGV[6] ~= '' then
+  redis.call('ZREM', RUNNING, ARGV[6])
+  redis.call('ZADD', RUNNING, ARGV[7], id)
+elseif st == 'succeeded' or st == 'failed' or st == 'cancelled' then
+  redis.call('ZADD', finished_set(st), ARGV[10], id .. '|' .. st .. '|' .. ty)
 end
-return 1
-`)
-
-// swapFinishedScript replaces the v1 finished list by the sorted set built
-// beside it. KEYS: finished, new finished.
-var swapFinishedScript = goredis.NewScript(`
-if redis.call('TYPE', KEYS[1]).ok == 'list' then redis.call('DEL', KEYS[1]) end
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end
+if st ~= 'running' then redis.call('ZADD', idx(st, ty), 0, id) end
+redis.call('HINCRBY', COUNTS, st .. '|' .. ty, 1)
 return 1
 `)
 
@@ -75,6 +73,17 @@ func migrateV1(ctx context.Context, rdb *goredis.Client, k keys, instance string
 	}
 	defer rdb.Del(context.WithoutCancel(ctx), lock)
 	started := time.Now()
+	// The first layout's finished list has the name of the new sorted set:
+	// move it aside (the records say what finished), and drop it at the
+	// end.
+	oldFinished := k.finished + ":v1"
+	if typ, err := rdb.Type(ctx, k.finished).Result(); err != nil {
+		return fmt.Errorf("migrate queue: %w", err)
+	} else if typ == "list" {
+		if err := rdb.Rename(ctx, k.finished, oldFinished).Err(); err != nil {
+			return fmt.Errorf("migrate queue: %w", err)
+		}
+	}
 
 	// Running attempts: member "id|token:n:start_ns", scored by lease.
 	members, err := rdb.ZRangeWithScores(ctx, k.running, 0, -1).Result()
@@ -102,14 +111,13 @@ func migrateV1(ctx context.Context, rdb *goredis.Client, k keys, instance string
 	if err := iter.Err(); err != nil {
 		return fmt.Errorf("migrate queue: scan records: %w", err)
 	}
-	finished, err := migrateFinishedV1(ctx, rdb, k)
-	if err != nil {
-		return fmt.Errorf("migrate queue: finished list: %w", err)
+	if err := rdb.Del(ctx, oldFinished).Err(); err != nil {
+		return fmt.Errorf("migrate queue: %w", err)
 	}
 	if err := rdb.Set(ctx, k.schema, schemaVersion, 0).Err(); err != nil {
 		return fmt.Errorf("migrate queue: %w", err)
 	}
-	log.WithFields(logrus.Fields{"tasks": converted, "finished": finished, "running": len(running), "took_ms": time.Since(started).Milliseconds()}).
+	log.WithFields(logrus.Fields{"tasks": converted, "running": len(running), "took_ms": time.Since(started).Milliseconds()}).
 		Warn("converted the queue from the older key layout; attempts that older instances were running are recovered when their leases run out")
 	return nil
 }
@@ -154,7 +162,7 @@ func convertV1(ctx context.Context, rdb *goredis.Client, k keys, key string, m g
 		retries = r.MaxRetries
 	}
 	st := state{
-		Priority: r.Priority, Status: r.Status, Attempts: r.Attempts, Retries: min(max(retries, 0), r.MaxRetries),
+		Type: r.Type, Priority: r.Priority, Status: r.Status, Attempts: r.Attempts, Retries: min(max(retries, 0), r.MaxRetries),
 		LastError: r.LastError, Updated: r.Updated, Started: r.Started, Finished: r.Finished, Next: r.Next,
 	}
 	member, leaseMs := "", ""
@@ -173,52 +181,10 @@ func convertV1(ctx context.Context, rdb *goredis.Client, k keys, key string, m g
 	if err != nil {
 		return 0, err
 	}
-	n, err := convertV1Script.Run(ctx, rdb, []string{key, k.running}, rawData, string(rawState), ttl.Val().Milliseconds(), member, leaseMs).Int()
-	return n, err
-}
-
-// migrateFinishedV1 turns the v1 finished list into the sorted set by
-// finish time, built beside it and swapped in at once.
-func migrateFinishedV1(ctx context.Context, rdb *goredis.Client, k keys) (int, error) {
-	typ, err := rdb.Type(ctx, k.finished).Result()
-	if err != nil || typ != "list" {
-		return 0, err
+	finishedMs := "0"
+	if f := fromNanos(r.Finished); !f.IsZero() {
+		finishedMs = ms(f)
 	}
-	ids, err := rdb.LRange(ctx, k.finished, 0, -1).Result()
-	if err != nil {
-		return 0, err
-	}
-	staging := k.finished + ":v2"
-	rdb.Del(ctx, staging)
-	n := 0
-	for start := 0; start < len(ids); start += 500 {
-		chunk := ids[start:min(start+500, len(ids))]
-		pipe := rdb.Pipeline()
-		states := make([]*goredis.StringCmd, len(chunk))
-		for i, id := range chunk {
-			states[i] = pipe.HGet(ctx, k.task+id, "s")
-		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-			return n, err
-		}
-		var members []goredis.Z
-		for i, id := range chunk {
-			var st state
-			if states[i].Err() != nil || json.Unmarshal([]byte(states[i].Val()), &st) != nil {
-				continue // expired meanwhile
-			}
-			at := fromNanos(st.Finished)
-			if at.IsZero() {
-				at = time.Now()
-			}
-			members = append(members, goredis.Z{Score: float64(at.UnixMilli()), Member: id})
-		}
-		if len(members) > 0 {
-			if err := rdb.ZAdd(ctx, staging, members...).Err(); err != nil {
-				return n, err
-			}
-			n += len(members)
-		}
-	}
-	return n, swapFinishedScript.Run(ctx, rdb, []string{k.finished, staging}).Err()
+	return convertV1Script.Run(ctx, rdb, k.all(), k.tag, strings.TrimPrefix(key, k.task), rawData, string(rawState),
+		ttl.Val().Milliseconds(), member, leaseMs, st.Status, r.Type, finishedMs).Int()
 }

@@ -11,15 +11,17 @@ import (
 	"github.com/taskqueue/taskqueue/domain"
 )
 
-// A task is stored as one hash, {PREFIX}:t:<id>, with two fields, so that
-// `HGETALL` answers "where is this task" and every read is O(1):
+// A task is stored as one hash, {PREFIX}:t:<id>, so that `HGETALL`
+// answers "where is this task" and every read is O(1):
 //
 //   - d, what was submitted, written once: {"t": type, "mr": max retries,
 //     "c": created (Unix ns), "p": the payload exactly as submitted}.
 //   - s, the state, rewritten on every move (by Go, or by the scripts with
-//     cjson): priority, status, attempts, retries used, last error and
-//     times; while an attempt runs also its lease token (k), lease
-//     deadline (l, Unix ms), instance (i) and place in the ready set (q).
+//     cjson): type and priority (the scripts need them), status, attempts,
+//     retries used, last error and times; while an attempt runs also its
+//     lease token (k), lease deadline (l, Unix ms), instance (i) and place
+//     in the ready set (q).
+//   - r, the result of the attempt that succeeded, if it returned one.
 //
 // Numbers that may pass 14 significant digits (times, scores) are decimal
 // strings, because cjson keeps only 14.
@@ -47,6 +49,7 @@ type dataRead struct {
 // outcome, which tells a settle retried after a lost reply that it
 // already landed.
 type state struct {
+	Type        string `json:"ty"`
 	Priority    int    `json:"pr"`
 	Status      string `json:"s"`
 	Attempts    int    `json:"a"`
@@ -56,6 +59,8 @@ type state struct {
 	Started     string `json:"st,omitempty"`
 	Finished    string `json:"f,omitempty"`
 	Next        string `json:"n,omitempty"`
+	RunAt       string `json:"ra,omitempty"`
+	Truncated   bool   `json:"rt,omitempty"` // the result was cut
 	Token       string `json:"k,omitempty"`
 	Lease       string `json:"l,omitempty"`
 	Instance    string `json:"i,omitempty"`
@@ -93,6 +98,7 @@ func encodeData(t *domain.Task) (string, error) {
 func encodeState(t *domain.Task, token string) (string, error) {
 	s := t.Snapshot()
 	b, err := json.Marshal(state{
+		Type:      s.Type,
 		Priority:  s.Priority,
 		Status:    s.Status.String(),
 		Attempts:  s.Attempts,
@@ -102,14 +108,17 @@ func encodeState(t *domain.Task, token string) (string, error) {
 		Started:   nanos(s.StartedAt),
 		Finished:  nanos(s.FinishedAt),
 		Next:      nanos(s.NextAttemptAt),
+		RunAt:     nanos(s.RunAt),
+		Truncated: s.Result.Truncated,
 		Token:     token,
 	})
 	return string(b), err
 }
 
-// decodeRecord rebuilds the task with the given id from its stored fields,
-// and returns its state too (for the lease fields).
-func decodeRecord(id uuid.UUID, rawData, rawState string) (*domain.Task, state, error) {
+// decodeRecord rebuilds the task with the given id from its stored fields
+// (result may be empty), and returns its state too (for the lease
+// fields).
+func decodeRecord(id uuid.UUID, rawData, rawState, result string) (*domain.Task, state, error) {
 	var d dataRead
 	var s state
 	if err := json.Unmarshal([]byte(rawData), &d); err != nil {
@@ -144,11 +153,20 @@ func decodeRecord(id uuid.UUID, rawData, rawState string) (*domain.Task, state, 
 		StartedAt:     fromNanos(s.Started),
 		FinishedAt:    fromNanos(s.Finished),
 		NextAttemptAt: fromNanos(s.Next),
+		RunAt:         fromNanos(s.RunAt),
+		Result:        domain.Result{Data: bytesOrNil(result), Truncated: s.Truncated},
 	})
 	if err != nil {
 		return nil, s, fmt.Errorf("task %s: %w", id, err)
 	}
 	return t, s, nil
+}
+
+func bytesOrNil(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return []byte(s)
 }
 
 func nanos(t time.Time) string {

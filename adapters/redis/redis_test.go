@@ -102,7 +102,8 @@ func TestSharedQueueAcrossInstances(t *testing.T) {
 	if got, err := b.Get(ctx5(t), low.ID()); err != nil || got.Status() != domain.StatusPending {
 		t.Fatalf("task submitted to a, read on b: %v %v", got, err)
 	}
-	first, err := a.Dequeue(ctx5(t))
+	firstAtt, err := a.Dequeue(ctx5(t))
+	first := firstAtt.Task
 	if err != nil || first.ID() != high.ID() {
 		t.Fatalf("a dequeued %v, %v; want the high-priority task submitted to b", first, err)
 	}
@@ -134,7 +135,7 @@ func TestBoundIsGlobalAndAtomic(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s, _ := brokers[0].Stats(ctx5(t))
+	s, _ := brokers[0].Counts(ctx5(t))
 	if accepted != 50 || full != 350 || s.Pending != 50 {
 		t.Fatalf("accepted %d, full %d, pending %d; want exactly 50 accepted", accepted, full, s.Pending)
 	}
@@ -148,13 +149,15 @@ func TestExpiredLeaseIsRecoveredByAnotherInstance(t *testing.T) {
 	if err := dead.Enqueue(ctx5(t), task); err != nil {
 		t.Fatal(err)
 	}
-	running, err := dead.Dequeue(ctx5(t))
+	runningAtt, err := dead.Dequeue(ctx5(t))
+	running := runningAtt.Task
 	if err != nil {
 		t.Fatal(err)
 	}
 	dead.Close(context.Background()) // stops renewing without handing back: as if killed
 	start := time.Now()
-	again, err := alive.Dequeue(ctx5(t))
+	againAtt, err := alive.Dequeue(ctx5(t))
+	again := againAtt.Task
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +212,8 @@ func TestLeaseIsRenewedWhileRunning(t *testing.T) {
 	owner := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
 	other := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
 	_ = owner.Enqueue(ctx5(t), brokertest.NewTask(t, 0, 3))
-	running, err := owner.Dequeue(ctx5(t))
+	runningAtt, err := owner.Dequeue(ctx5(t))
+	running := runningAtt.Task
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +248,8 @@ func TestRunningTaskWithoutLeaseIsRepaired(t *testing.T) {
 		t.Fatalf("damage not in place: %+v", got.Snapshot())
 	}
 	other := newBroker(t, prefix, sweepFast)
-	again, err := other.Dequeue(ctx5(t))
+	againAtt, err := other.Dequeue(ctx5(t))
+	again := againAtt.Task
 	if err != nil || again.ID() != task.ID() || again.Attempts() != 2 || !strings.Contains(again.LastError(), "lease expired") {
 		t.Fatalf("repaired task: %v %v", again, err)
 	}
@@ -266,7 +271,8 @@ func TestPendingTaskMissingFromItsSetIsPutBack(t *testing.T) {
 	c := goredis.NewClient(opts)
 	defer c.Close()
 	c.ZRem(ctx5(t), "{"+prefix+"}:ready", task.ID().String())
-	got, err := b.Dequeue(ctx5(t))
+	gotAtt, err := b.Dequeue(ctx5(t))
+	got := gotAtt.Task
 	if err != nil || got.ID() != task.ID() || got.Attempts() != 1 {
 		t.Fatalf("stranded pending task: %v %v", got, err)
 	}
@@ -288,7 +294,8 @@ func TestRedisLostAndBack(t *testing.T) {
 	}
 	got := make(chan *domain.Task, 1)
 	go func() {
-		task, err := b.Dequeue(context.Background())
+		taskAtt, err := b.Dequeue(context.Background())
+		task := taskAtt.Task
 		if err != nil {
 			t.Error(err)
 		}
