@@ -32,7 +32,7 @@ func BenchmarkSubmit(b *testing.B) {
 	pool, _ := workerpool.New(5, log)
 	noop := ports.HandlerFunc(func(context.Context, *domain.Task) error { return nil })
 	policy, _ := domain.NewRetryPolicy(time.Second, time.Minute)
-	svc := application.NewService(broker, []string{"noop"}, nil, nil, log)
+	svc := application.NewService(broker, application.ServiceConfig{Types: []string{"noop"}}, log)
 	proc := application.NewProcessor(broker, pool, map[string]ports.Handler{"noop": noop},
 		application.ProcessorConfig{Policy: policy, TaskTimeout: time.Second}, log)
 	ctx, cancel := context.WithCancel(context.Background())

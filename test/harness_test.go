@@ -200,7 +200,16 @@ type response struct {
 
 func (s *server) request(method, path, body string) response {
 	s.t.Helper()
+	return s.requestWith(method, path, body, nil)
+}
+
+// requestWith is request with extra headers.
+func (s *server) requestWith(method, path, body string, header map[string]string) response {
+	s.t.Helper()
 	req, _ := http.NewRequest(method, s.base+path, strings.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		s.t.Fatalf("%s %s: %v", method, path, err)
@@ -208,6 +217,9 @@ func (s *server) request(method, path, body string) response {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	r := response{status: resp.StatusCode, header: resp.Header}
+	if resp.StatusCode == http.StatusNoContent && len(raw) == 0 {
+		return r
+	}
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		s.t.Fatalf("%s %s: Content-Type %q, body %s", method, path, ct, raw)
 	}
@@ -225,6 +237,25 @@ func (s *server) submit(typ string, priority, maxRetries int) string {
 		s.t.Fatalf("submit: %d %v", r.status, r.body)
 	}
 	return r.body["id"].(string)
+}
+
+// submitBatch posts n tasks of typ in one POST /tasks and returns their
+// ids, failing the test unless 202.
+func (s *server) submitBatch(typ string, n int) []string {
+	s.t.Helper()
+	elems := make([]string, n)
+	for i := range elems {
+		elems[i] = fmt.Sprintf(`{"type":%q,"payload":{"p":%d}}`, typ, i)
+	}
+	r := s.request("POST", "/tasks", `{"tasks":[`+strings.Join(elems, ",")+`]}`)
+	if r.status != http.StatusAccepted {
+		s.t.Fatalf("submit batch: %d %v", r.status, r.body)
+	}
+	var ids []string
+	for _, id := range r.body["ids"].([]any) {
+		ids = append(ids, id.(string))
+	}
+	return ids
 }
 
 func (s *server) task(id string) map[string]any {

@@ -269,7 +269,7 @@ func TestBadInputOverTheWire(t *testing.T) {
 		{"GET", "/task/nope", "", 400, "not a valid task id"},
 		{"GET", "/task/01890a5d-ac96-774b-bcce-b302099a8057", "", 404, "not found"},
 		{"DELETE", "/task", "", 405, "not allowed"},
-		{"GET", "/tasks", "", 404, "no such endpoint"},
+		{"GET", "/nope", "", 404, "no such endpoint"},
 	} {
 		r := s.request(tc.method, tc.path, tc.body)
 		if msg, _ := r.body["error"].(string); r.status != tc.status || !strings.Contains(msg, tc.want) {

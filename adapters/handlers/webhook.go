@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"unicode/utf8"
 
@@ -32,12 +34,13 @@ const ErrorBodyBytes = 512
 // carry secrets in its query). Redirects are not followed, so a payload
 // only goes where the operator pointed it.
 type Webhook struct {
-	taskType string
-	url      string
-	client   *http.Client
+	taskType  string
+	url       string
+	client    *http.Client
+	maxResult int
 }
 
-var _ ports.Handler = (*Webhook)(nil)
+var _ ports.ResultHandler = (*Webhook)(nil)
 
 type webhookBody struct {
 	ID      string          `json:"id"`
@@ -48,8 +51,10 @@ type webhookBody struct {
 
 // NewWebhook returns a handler for tasks of taskType posting to rawURL,
 // which must be an absolute http or https URL. client may be nil for
-// NewHTTPClient(0). Its error shows the URL redacted.
-func NewWebhook(taskType, rawURL string, client *http.Client) (*Webhook, error) {
+// NewHTTPClient(0). A 2xx JSON reply body is the attempt's result, read up
+// to maxResult bytes (domain.DefaultMaxResultBytes when 0; past it the
+// result is cut and flagged). Its error shows the URL redacted.
+func NewWebhook(taskType, rawURL string, client *http.Client, maxResult int) (*Webhook, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("webhook URL %q must be an absolute http:// or https:// URL", RedactURL(rawURL))
@@ -57,7 +62,10 @@ func NewWebhook(taskType, rawURL string, client *http.Client) (*Webhook, error) 
 	if client == nil {
 		client = NewHTTPClient(0)
 	}
-	return &Webhook{taskType: taskType, url: u.String(), client: client}, nil
+	if maxResult <= 0 {
+		maxResult = domain.DefaultMaxResultBytes
+	}
+	return &Webhook{taskType: taskType, url: u.String(), client: client, maxResult: maxResult}, nil
 }
 
 // RedactURL returns rawURL fit for a log line: its password and the
@@ -94,51 +102,74 @@ func NewHTTPClient(idlePerHost int) *http.Client {
 
 // Handle posts the task and reports the reply; see the type comment.
 func (w *Webhook) Handle(ctx context.Context, task *domain.Task) error {
+	_, err := w.HandleResult(ctx, task)
+	return err
+}
+
+// HandleResult posts the task and returns the reply's JSON body as the
+// result; see the type comment.
+func (w *Webhook) HandleResult(ctx context.Context, task *domain.Task) ([]byte, error) {
 	payload := task.Payload()
 	if len(payload) == 0 {
 		payload = []byte("{}")
 	}
 	body, err := json.Marshal(webhookBody{ID: task.ID().String(), Type: task.Type(), Payload: payload, Attempt: task.Attempts()})
 	if err != nil {
-		return fmt.Errorf("webhook for type %q: encode body: %w", w.taskType, err)
+		return nil, fmt.Errorf("webhook for type %q: encode body: %w", w.taskType, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("webhook for type %q: build request: %s", w.taskType, reason(err))
+		return nil, fmt.Errorf("webhook for type %q: build request: %s", w.taskType, reason(err))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Task-Id", task.ID().String())
 	req.Header.Set("X-Task-Attempt", strconv.Itoa(task.Attempts()))
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("webhook for type %q unreachable: %s", w.taskType, reason(err))
+		return nil, fmt.Errorf("webhook for type %q unreachable: %s", w.taskType, reason(err))
 	}
 	defer resp.Body.Close()
 	// Read the whole body under the attempt's deadline: a reply is only a
-	// success once it has fully arrived. Keep the start for the error.
-	head := make([]byte, 0, ErrorBodyBytes)
-	_, err = io.Copy(io.Discard, &capture{r: resp.Body, head: &head})
+	// success once it has fully arrived. Keep its start: the result of a
+	// success (one byte past the limit shows it was cut), the explanation
+	// of a failure.
 	ok := resp.StatusCode >= 200 && resp.StatusCode <= 299
+	keep := ErrorBodyBytes
+	if ok {
+		keep = w.maxResult + 1
+	}
+	head := make([]byte, 0, min(keep, 4096))
+	_, err = io.Copy(io.Discard, &capture{r: resp.Body, head: &head, max: keep})
 	switch {
 	case err != nil:
-		return fmt.Errorf("webhook for type %q returned %d but its response body did not arrive whole: %s", w.taskType, resp.StatusCode, reason(err))
+		return nil, fmt.Errorf("webhook for type %q returned %d but its response body did not arrive whole: %s", w.taskType, resp.StatusCode, reason(err))
 	case !ok && len(head) > 0:
-		return fmt.Errorf("webhook for type %q returned %d: %s", w.taskType, resp.StatusCode, printable(head))
+		return nil, fmt.Errorf("webhook for type %q returned %d: %s", w.taskType, resp.StatusCode, printable(head))
 	case !ok:
-		return fmt.Errorf("webhook for type %q returned %d", w.taskType, resp.StatusCode)
+		return nil, fmt.Errorf("webhook for type %q returned %d", w.taskType, resp.StatusCode)
 	}
-	return nil
+	if len(head) > w.maxResult || json.Valid(head) || isJSON(resp.Header.Get("Content-Type")) {
+		return head, nil
+	}
+	return nil, nil // a body that is not JSON is not a result
 }
 
-// capture passes r through, keeping its first bytes in head (up to cap).
+// isJSON reports whether a Content-Type names JSON.
+func isJSON(contentType string) bool {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}
+
+// capture passes r through, keeping its first max bytes in head.
 type capture struct {
 	r    io.Reader
 	head *[]byte
+	max  int
 }
 
 func (c *capture) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	if room := cap(*c.head) - len(*c.head); room > 0 {
+	if room := c.max - len(*c.head); room > 0 {
 		*c.head = append(*c.head, p[:min(n, room)]...)
 	}
 	return n, err

@@ -29,7 +29,7 @@ func runningTask(t *testing.T) *domain.Task {
 }
 
 func webhook(t *testing.T, url string) *handlers.Webhook {
-	w, err := handlers.NewWebhook("resize", url, nil)
+	w, err := handlers.NewWebhook("resize", url, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestWebhookTimeout(t *testing.T) {
 
 func TestNewWebhookValidatesURL(t *testing.T) {
 	for _, u := range []string{"", "localhost:80", "ftp://x/y", "/relative", "http://"} {
-		if _, err := handlers.NewWebhook("t", u, nil); err == nil {
+		if _, err := handlers.NewWebhook("t", u, nil, 0); err == nil {
 			t.Errorf("%q accepted", u)
 		}
 	}
@@ -206,5 +206,35 @@ func TestRedactURL(t *testing.T) {
 	got := handlers.RedactURL("https://user:pw@imgsvc:9000/resize?token=abc123&x=1")
 	if strings.Contains(got, "pw") || strings.Contains(got, "abc123") || !strings.Contains(got, "imgsvc:9000/resize") || !strings.Contains(got, "token=xxxxx") {
 		t.Fatalf("RedactURL = %s", got)
+	}
+}
+
+// A 2xx JSON reply is the attempt's result; past the limit it comes back
+// one byte longer than the limit, so the processor cuts and flags it; a
+// body that is not JSON is no result.
+func TestWebhookResult(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, contentType string
+		want                    string
+	}{
+		{"json", `{"width":64}`, "application/json", `{"width":64}`},
+		{"json without a content type", `[1,2]`, "", `[1,2]`},
+		{"too long", `"` + strings.Repeat("x", 40) + `"`, "application/json", `"` + strings.Repeat("x", 16)},
+		{"not json", "ok", "text/plain", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if tc.contentType != "" {
+					w.Header().Set("Content-Type", tc.contentType)
+				}
+				_, _ = w.Write([]byte(tc.body))
+			}))
+			defer srv.Close()
+			h, _ := handlers.NewWebhook("resize", srv.URL, nil, 16)
+			got, err := h.HandleResult(context.Background(), runningTask(t))
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("result %q, %v; want %q", got, err, tc.want)
+			}
+		})
 	}
 }

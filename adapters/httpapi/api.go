@@ -67,7 +67,14 @@ func (a *API) routes() {
 	// "..", "//" or the like would be an empty 301.
 	a.router.SkipClean(true)
 	a.router.HandleFunc("/task", a.submit).Methods(http.MethodPost)
+	a.router.HandleFunc("/tasks", a.submitBatch).Methods(http.MethodPost)
+	a.router.HandleFunc("/tasks", a.list).Methods(http.MethodGet, http.MethodHead)
+	a.router.HandleFunc("/tasks/retry", a.retryMany).Methods(http.MethodPost)
 	a.router.HandleFunc("/task/{id}", a.get).Methods(http.MethodGet, http.MethodHead)
+	a.router.HandleFunc("/task/{id}", a.delete).Methods(http.MethodDelete)
+	a.router.HandleFunc("/task/{id}/cancel", a.cancel).Methods(http.MethodPost)
+	a.router.HandleFunc("/task/{id}/retry", a.retry).Methods(http.MethodPost)
+	a.router.HandleFunc("/stats", a.stats).Methods(http.MethodGet, http.MethodHead)
 	a.router.HandleFunc("/healthz", a.health).Methods(http.MethodGet, http.MethodHead)
 	a.router.HandleFunc("/readyz", a.ready).Methods(http.MethodGet, http.MethodHead)
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -85,41 +92,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.router.ServeHTTP(w, r)
 }
 
-func (a *API) submit(w http.ResponseWriter, r *http.Request) {
-	size := a.maxBodyBytes
-	if r.ContentLength >= 0 && r.ContentLength < size {
-		size = r.ContentLength
-	}
-	if !a.inflight.take(size) {
-		a.fail(w, r, errBusy)
-		return
-	}
-	defer a.inflight.give(size)
-	body, err := readBody(w, r, a.maxBodyBytes)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	sub, err := decodeSubmission(body)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	task, err := a.svc.Submit(r.Context(), sub)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	id := task.ID().String()
-	w.Header().Set("Location", "/task/"+id)
-	writeJSON(w, http.StatusAccepted, submitResponse{Message: "Task enqueued", ID: id, Status: task.Status().String()})
-}
-
 func (a *API) get(w http.ResponseWriter, r *http.Request) {
-	raw := mux.Vars(r)["id"]
-	id, err := uuid.Parse(raw)
+	id, err := pathID(r)
 	if err != nil {
-		a.fail(w, r, badRequest("id: %s is not a valid task id (expected a UUID)", quoted(raw)))
+		a.fail(w, r, err)
 		return
 	}
 	task, err := a.svc.Get(r.Context(), id)
@@ -127,7 +103,17 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toTaskResponse(task))
+	writeJSON(w, http.StatusOK, toTaskResponse(task, true))
+}
+
+// pathID returns the task id of the path, or a 400 naming it.
+func pathID(r *http.Request) (uuid.UUID, error) {
+	raw := mux.Vars(r)["id"]
+	id, err := uuid.Parse(raw)
+	if err != nil {
+		return uuid.Nil, badRequest("id: %s is not a valid task id (expected a UUID)", quoted(raw))
+	}
+	return id, nil
 }
 
 // health is liveness: 200 while the process can answer at all.
@@ -186,16 +172,30 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var reqErr *requestError
 	var validation *domain.ValidationError
 	var unknownType *domain.UnknownTypeError
+	var itemErr *domain.ItemError
 	warnKey := ""
 	switch {
 	case errors.As(err, &reqErr):
 		status, msg = reqErr.status, reqErr.msg
+	case errors.As(err, &itemErr):
+		status, msg = http.StatusBadRequest, itemErr.Error()
 	case errors.As(err, &validation):
 		status, msg = http.StatusBadRequest, validation.Error()
 	case errors.As(err, &unknownType):
 		status, msg = http.StatusBadRequest, unknownType.Error()
 	case errors.Is(err, domain.ErrTaskNotFound):
 		status, msg = http.StatusNotFound, "task not found"
+	case errors.Is(err, domain.ErrInvalidTransition):
+		status, msg = http.StatusConflict, err.Error()
+		var te *domain.TransitionError
+		if errors.As(err, &te) {
+			msg = te.Error()
+		}
+	case errors.Is(err, domain.ErrIdempotencyKeyReused):
+		status, msg = http.StatusUnprocessableEntity, "Idempotency-Key "+quoted(r.Header.Get(idempotencyHeader))+" was already used with a different request"
+	case errors.Is(err, domain.ErrIdempotencyInFlight):
+		status, msg = http.StatusConflict, "a request with Idempotency-Key "+quoted(r.Header.Get(idempotencyHeader))+" is still being processed: retry later"
+		w.Header().Set("Retry-After", "1")
 	case errors.Is(err, domain.ErrQueueFull):
 		status, msg, warnKey = http.StatusServiceUnavailable, "queue is full: too many tasks waiting to run, retry later", "queue full"
 		w.Header().Set("Retry-After", "1")

@@ -245,7 +245,7 @@ func TestRouting(t *testing.T) {
 	}
 	rec = s.do("POST", "/task/"+id.String(), "")
 	errorOf(t, rec, 405)
-	if rec.Header().Get("Allow") != "GET, HEAD" {
+	if rec.Header().Get("Allow") != "GET, HEAD, DELETE" {
 		t.Fatalf("Allow %q", rec.Header().Get("Allow"))
 	}
 	errorOf(t, s.do("POST", "/healthz", ""), 405)

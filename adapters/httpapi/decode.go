@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/taskqueue/taskqueue/domain"
@@ -27,9 +28,27 @@ func badRequest(format string, args ...any) error {
 	return &requestError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
 }
 
-// submitFields are the fields POST /task accepts, each with its bit for
+// fieldSet is the keys a JSON object may have, each with its bit for
 // spotting duplicates.
-var submitFields = map[string]uint8{"type": 1, "payload": 2, "max_retries": 4, "priority": 8}
+type fieldSet struct {
+	bits map[string]uint16
+	list string // for messages
+}
+
+func newFieldSet(names ...string) fieldSet {
+	f := fieldSet{bits: map[string]uint16{}, list: strings.Join(names, ", ")}
+	for i, n := range names {
+		f.bits[n] = 1 << i
+	}
+	return f
+}
+
+// The fields each request body accepts.
+var (
+	submitFields = newFieldSet("type", "payload", "max_retries", "priority", "run_at", "delay")
+	batchFields  = newFieldSet("tasks")
+	retryFields  = newFieldSet("status", "type")
+)
 
 // submitRequest receives the fields raw, so absent, null and wrongly typed
 // values can each get their own message.
@@ -38,6 +57,8 @@ type submitRequest struct {
 	Payload    json.RawMessage `json:"payload"`
 	MaxRetries json.RawMessage `json:"max_retries"`
 	Priority   json.RawMessage `json:"priority"`
+	RunAt      json.RawMessage `json:"run_at"`
+	Delay      json.RawMessage `json:"delay"`
 }
 
 // readBody reads at most limit bytes of the request body, reporting an
@@ -59,39 +80,13 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 // domain's; this only makes sure the values are what they claim to be.
 func decodeSubmission(body []byte) (ports.Submission, error) {
 	sub := ports.Submission{Payload: []byte("{}"), MaxRetries: domain.DefaultMaxRetries}
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 {
-		return sub, badRequest("request body is empty: expected a JSON object with at least \"type\"")
-	}
-	if !utf8.Valid(body) {
-		return sub, badRequest("request body is not valid UTF-8")
-	}
 	var req submitRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		var syntax *json.SyntaxError
-		if errors.As(err, &syntax) && strings.HasSuffix(syntax.Error(), "after top-level value") {
-			return sub, badRequest("request body has data after the JSON object")
-		}
-		return sub, badRequest("request body is not a valid JSON object: %s", jsonProblem(err))
-	}
-	if trimmed[0] == 'n' { // a bare null decodes into the struct without error
-		return sub, badRequest("request body must be a JSON object, not null")
-	}
-	// encoding/json matches keys case-insensitively and keeps the last of
-	// duplicates; checking the keys themselves keeps the contract exact.
-	if err := checkKeys(body); err != nil {
+	if err := decodeObject(body, &req, submitFields); err != nil {
 		return sub, err
 	}
-
-	switch {
-	case req.Type == nil:
-		return sub, badRequest("type: is required")
-	case req.Type[0] != '"':
-		return sub, badRequest("type: must be a string")
-	case bytes.IndexByte(req.Type, '\\') < 0:
-		sub.Type = string(req.Type[1 : len(req.Type)-1])
-	default:
-		_ = json.Unmarshal(req.Type, &sub.Type) // valid JSON string: cannot fail
+	var err error
+	if sub.Type, err = decodeString(req.Type, "type", true); err != nil {
+		return sub, err
 	}
 	if req.Payload != nil && string(req.Payload) != "null" {
 		if req.Payload[0] != '{' {
@@ -105,7 +100,132 @@ func decodeSubmission(body []byte) (ports.Submission, error) {
 	if err := decodeInt(req.Priority, "priority", domain.MaxPriority, &sub.Priority); err != nil {
 		return sub, err
 	}
+	if req.RunAt != nil && req.Delay != nil {
+		return sub, badRequest("run_at, delay: give one of them, not both")
+	}
+	if req.RunAt != nil {
+		raw, err := decodeString(req.RunAt, "run_at", false)
+		if err != nil {
+			return sub, err
+		}
+		if sub.RunAt, err = time.Parse(time.RFC3339Nano, raw); err != nil {
+			return sub, badRequest("run_at: must be an RFC 3339 time with a zone, such as 2026-11-27T15:04:05Z, got %s", quoted(raw))
+		}
+	}
+	if req.Delay != nil {
+		raw, err := decodeString(req.Delay, "delay", false)
+		if err != nil {
+			return sub, err
+		}
+		d, err := time.ParseDuration(raw)
+		switch {
+		case err != nil:
+			return sub, badRequest("delay: must be a duration such as \"90s\" or \"2h\", got %s", quoted(raw))
+		case d < 0:
+			return sub, badRequest("delay: must not be negative, got %s", quoted(raw))
+		case d > domain.MaxScheduleAhead:
+			return sub, badRequest("delay: must be at most %d days, got %s", domain.MaxScheduleAhead/(24*time.Hour), quoted(raw))
+		}
+		sub.Delay = d
+	}
 	return sub, nil
+}
+
+// decodeObject parses body as exactly one JSON object into dst, refusing
+// keys not in fields and repeated keys.
+func decodeObject(body []byte, dst any, fields fieldSet) error {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return badRequest("request body is empty: expected a JSON object")
+	}
+	if !utf8.Valid(body) {
+		return badRequest("request body is not valid UTF-8")
+	}
+	if err := json.Unmarshal(body, dst); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) && strings.HasSuffix(syntax.Error(), "after top-level value") {
+			return badRequest("request body has data after the JSON object")
+		}
+		return badRequest("request body is not a valid JSON object: %s", jsonProblem(err))
+	}
+	if trimmed[0] == 'n' { // a bare null decodes into the struct without error
+		return badRequest("request body must be a JSON object, not null")
+	}
+	// encoding/json matches keys case-insensitively and keeps the last of
+	// duplicates; checking the keys themselves keeps the contract exact.
+	return checkKeys(body, fields)
+}
+
+// decodeString returns a JSON string field; an absent one is "" unless
+// required.
+func decodeString(raw json.RawMessage, name string, required bool) (string, error) {
+	switch {
+	case raw == nil && required:
+		return "", badRequest("%s: is required", name)
+	case raw == nil:
+		return "", nil
+	case raw[0] != '"':
+		return "", badRequest("%s: must be a string", name)
+	case bytes.IndexByte(raw, '\\') < 0:
+		return string(raw[1 : len(raw)-1]), nil
+	}
+	var s string
+	_ = json.Unmarshal(raw, &s) // valid JSON string: cannot fail
+	return s, nil
+}
+
+// decodeBatch parses a POST /tasks body: {"tasks": [<submission>, ...]}.
+// A bad element's error names it: tasks[3].priority: ...
+func decodeBatch(body []byte) ([]ports.Submission, error) {
+	var req struct {
+		Tasks json.RawMessage `json:"tasks"`
+	}
+	if err := decodeObject(body, &req, batchFields); err != nil {
+		return nil, err
+	}
+	if req.Tasks == nil || req.Tasks[0] != '[' {
+		return nil, badRequest("tasks: is required and must be an array of tasks")
+	}
+	var elems []json.RawMessage
+	_ = json.Unmarshal(req.Tasks, &elems) // a valid JSON array: cannot fail
+	subs := make([]ports.Submission, len(elems))
+	for i, raw := range elems {
+		sub, err := decodeSubmission(raw)
+		if err != nil {
+			var re *requestError
+			msg := err.Error()
+			if errors.As(err, &re) {
+				msg = re.msg
+			}
+			if rest, ok := strings.CutPrefix(msg, "request body"); ok {
+				return nil, badRequest("tasks[%d]%s", i, rest)
+			}
+			return nil, badRequest("tasks[%d].%s", i, msg)
+		}
+		subs[i] = sub
+	}
+	return subs, nil
+}
+
+// decodeRetry parses a POST /tasks/retry body: {"status": ..., "type": ...}.
+func decodeRetry(body []byte) (domain.Status, string, error) {
+	var req struct {
+		Status json.RawMessage `json:"status"`
+		Type   json.RawMessage `json:"type"`
+	}
+	if err := decodeObject(body, &req, retryFields); err != nil {
+		return 0, "", err
+	}
+	raw, err := decodeString(req.Status, "status", true)
+	if err != nil {
+		return 0, "", err
+	}
+	status, err := domain.ParseStatus(raw)
+	if err != nil {
+		return 0, "", badRequest("status: must be failed or cancelled, got %s", quoted(raw))
+	}
+	typ, err := decodeString(req.Type, "type", false)
+	return status, typ, err
 }
 
 // decodeInt sets *dst from an optional integer field, leaving the default
@@ -125,8 +245,8 @@ func decodeInt(raw json.RawMessage, name string, max int, dst *int) error {
 
 // checkKeys returns a 400 naming the unknown or repeated top-level keys of
 // body, which must already be known to be one valid JSON object.
-func checkKeys(body []byte) error {
-	var seen uint8
+func checkKeys(body []byte, fields fieldSet) error {
+	var seen uint16
 	var unknown, repeated []string
 	moreUnknown := 0
 	depth := 0
@@ -147,7 +267,7 @@ func checkKeys(body []byte) error {
 				if bytes.IndexByte(body[i:end], '\\') >= 0 {
 					_ = json.Unmarshal(body[i:end+1], &key)
 				}
-				bit, ok := submitFields[key]
+				bit, ok := fields.bits[key]
 				switch {
 				case !ok && len(unknown) == maxListed:
 					moreUnknown++
@@ -167,7 +287,7 @@ func checkKeys(body []byte) error {
 		if moreUnknown > 0 {
 			list += fmt.Sprintf(" and %d more", moreUnknown)
 		}
-		return badRequest("unknown field(s) %s: allowed fields are type, payload, max_retries, priority", list)
+		return badRequest("unknown field(s) %s: allowed fields are %s", list, fields.list)
 	}
 	if len(repeated) > 0 {
 		return badRequest("field(s) %s given more than once", strings.Join(repeated, ", "))

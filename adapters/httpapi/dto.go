@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/taskqueue/taskqueue/domain"
+	"github.com/taskqueue/taskqueue/ports"
 )
 
 type submitResponse struct {
@@ -13,36 +14,56 @@ type submitResponse struct {
 	Status  string `json:"status"`
 }
 
+type batchResponse struct {
+	Message string   `json:"message"`
+	IDs     []string `json:"ids"`
+}
+
 type taskResponse struct {
-	ID            string          `json:"id"`
-	Type          string          `json:"type"`
-	Payload       json.RawMessage `json:"payload"`
-	Priority      int             `json:"priority"`
-	MaxRetries    int             `json:"max_retries"`
-	Status        string          `json:"status"`
-	Attempts      int             `json:"attempts"`
-	RetriesLeft   int             `json:"retries_left"`
-	LastError     string          `json:"last_error"`
-	CreatedAt     string          `json:"created_at"`
-	UpdatedAt     string          `json:"updated_at"`
-	StartedAt     string          `json:"started_at,omitempty"`
-	FinishedAt    string          `json:"finished_at,omitempty"`
-	NextAttemptAt string          `json:"next_attempt_at,omitempty"`
+	ID              string          `json:"id"`
+	Type            string          `json:"type"`
+	Payload         json.RawMessage `json:"payload,omitempty"`
+	Priority        int             `json:"priority"`
+	MaxRetries      int             `json:"max_retries"`
+	Status          string          `json:"status"`
+	Attempts        int             `json:"attempts"`
+	RetriesLeft     int             `json:"retries_left"`
+	LastError       string          `json:"last_error"`
+	CreatedAt       string          `json:"created_at"`
+	UpdatedAt       string          `json:"updated_at"`
+	StartedAt       string          `json:"started_at,omitempty"`
+	FinishedAt      string          `json:"finished_at,omitempty"`
+	NextAttemptAt   string          `json:"next_attempt_at,omitempty"`
+	RunAt           string          `json:"run_at,omitempty"`
+	Result          json.RawMessage `json:"result,omitempty"`
+	ResultTruncated bool            `json:"result_truncated,omitempty"`
+}
+
+type listResponse struct {
+	Tasks      []taskResponse `json:"tasks"`
+	NextCursor string         `json:"next_cursor,omitempty"`
+}
+
+type statsResponse struct {
+	Counts                  map[string]int64            `json:"counts"`
+	Types                   map[string]map[string]int64 `json:"types"`
+	OldestPendingAgeSeconds float64                     `json:"oldest_pending_age_seconds"`
+}
+
+type retriedResponse struct {
+	Retried int `json:"retried"`
 }
 
 type errorResponse struct {
 	Error string `json:"error"`
 }
 
-func toTaskResponse(t *domain.Task) taskResponse {
-	payload := t.Payload()
-	if len(payload) == 0 {
-		payload = []byte("{}")
-	}
-	return taskResponse{
+// toTaskResponse renders a task; full adds its payload and result (a list
+// leaves them out).
+func toTaskResponse(t *domain.Task, full bool) taskResponse {
+	r := taskResponse{
 		ID:            t.ID().String(),
 		Type:          t.Type(),
-		Payload:       payload,
 		Priority:      t.Priority().Level(),
 		MaxRetries:    t.MaxRetries(),
 		Status:        t.Status().String(),
@@ -54,7 +75,44 @@ func toTaskResponse(t *domain.Task) taskResponse {
 		StartedAt:     formatTime(t.StartedAt()),
 		FinishedAt:    formatTime(t.FinishedAt()),
 		NextAttemptAt: formatTime(t.NextAttemptAt()),
+		RunAt:         formatTime(t.RunAt()),
 	}
+	if !full {
+		return r
+	}
+	r.Payload = t.Payload()
+	if len(r.Payload) == 0 {
+		r.Payload = []byte("{}")
+	}
+	if res := t.Result(); t.Status() == domain.StatusSucceeded && !res.Empty() {
+		r.ResultTruncated = res.Truncated
+		if res.Truncated || !json.Valid(res.Data) {
+			// Cut bytes are not JSON: show them as text.
+			r.Result, _ = json.Marshal(string(res.Data))
+		} else {
+			r.Result = res.Data
+		}
+	}
+	return r
+}
+
+func toStatsResponse(st ports.Stats, now time.Time) statsResponse {
+	out := statsResponse{Counts: map[string]int64{}, Types: map[string]map[string]int64{}}
+	for _, s := range domain.Statuses() {
+		out.Counts[s.String()] = 0
+	}
+	for typ, byStatus := range st.ByType {
+		m := map[string]int64{}
+		for s, n := range byStatus {
+			m[s.String()] = n
+			out.Counts[s.String()] += n
+		}
+		out.Types[typ] = m
+	}
+	if !st.OldestPending.IsZero() {
+		out.OldestPendingAgeSeconds = max(0, now.Sub(st.OldestPending).Seconds())
+	}
+	return out
 }
 
 // formatTime renders t as RFC 3339 in UTC, or "" for the zero time.

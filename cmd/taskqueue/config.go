@@ -31,6 +31,11 @@ type config struct {
 	TaskTimeout     time.Duration
 	Retention       time.Duration
 	MaxFinished     int
+	FailedRetention time.Duration
+	MaxFailed       int
+	IdempotencyTTL  time.Duration
+	MaxBatch        int
+	MaxResultBytes  int64
 	MemoryLimit     int64
 	ShutdownTimeout time.Duration
 	InstanceID      string
@@ -75,7 +80,7 @@ func (f webhookFlag) Set(v string) error {
 	if err := domain.ValidateType(typ); err != nil {
 		return err
 	}
-	if _, err := handlers.NewWebhook(typ, url, nil); err != nil {
+	if _, err := handlers.NewWebhook(typ, url, nil, 0); err != nil {
 		return err
 	}
 	for _, s := range *f.specs {
@@ -152,7 +157,13 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.DurationVar(&retryMax, "retry-max-backoff", 5*time.Minute, "longest wait between attempts")
 	fs.DurationVar(&cfg.TaskTimeout, "task-timeout", 30*time.Second, "deadline of one attempt")
 	fs.DurationVar(&cfg.Retention, "retention", time.Hour, "how long finished tasks can still be read")
-	fs.IntVar(&cfg.MaxFinished, "max-finished", 100000, "most finished tasks kept for reading; past it the oldest are forgotten early (0: no cap)")
+	fs.IntVar(&cfg.MaxFinished, "max-finished", 100000, "most succeeded tasks kept for reading; past it the oldest are forgotten early (0: no cap)")
+	fs.DurationVar(&cfg.FailedRetention, "failed-retention", 7*24*time.Hour, "how long failed and cancelled tasks (dead letters) can still be read and retried")
+	fs.IntVar(&cfg.MaxFailed, "max-failed", 100000, "most failed and cancelled tasks kept; past it the oldest are forgotten early (0: no cap)")
+	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", 24*time.Hour, "how long an Idempotency-Key is remembered after its first request")
+	fs.IntVar(&cfg.MaxBatch, "max-batch", 1000, "most tasks in one POST /tasks")
+	cfg.MaxResultBytes = 64 << 10
+	fs.Var(byteSize{&cfg.MaxResultBytes}, "max-result-bytes", "largest result kept from a handler (a webhook's JSON reply); longer ones are kept cut and flagged")
 	cfg.MemoryLimit = 256 << 20
 	fs.Var(byteSize{&cfg.MemoryLimit}, "memory-limit", "with --broker memory: most bytes of tasks held (payloads, errors and overhead); finished tasks are forgotten oldest first to make room, then submissions get 503")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "the whole shutdown's budget: running attempts get most of it, then they are handed back and everything is closed within it")
@@ -233,6 +244,16 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 		return invalid("retention", "must not be negative, got %s", c.Retention)
 	case c.MaxFinished < 0:
 		return invalid("max-finished", "must not be negative, got %d", c.MaxFinished)
+	case c.FailedRetention < 0:
+		return invalid("failed-retention", "must not be negative, got %s", c.FailedRetention)
+	case c.MaxFailed < 0:
+		return invalid("max-failed", "must not be negative, got %d", c.MaxFailed)
+	case c.IdempotencyTTL < time.Second:
+		return invalid("idempotency-ttl", "must be at least 1s, got %s", c.IdempotencyTTL)
+	case c.MaxBatch < 1 || c.MaxBatch > 100000:
+		return invalid("max-batch", "must be from 1 to 100000, got %d", c.MaxBatch)
+	case c.MaxResultBytes < 1 || c.MaxResultBytes > 16<<20:
+		return invalid("max-result-bytes", "must be from 1 byte to 16MiB, got %d", c.MaxResultBytes)
 	case c.ShutdownTimeout < 0:
 		return invalid("shutdown-timeout", "must not be negative, got %s", c.ShutdownTimeout)
 	case c.MemoryLimit < 1<<20:

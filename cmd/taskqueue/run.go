@@ -162,7 +162,7 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 		if _, taken := taskHandlers[w.Type]; taken {
 			return nil, &exitError{code: 2, err: fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)}
 		}
-		h, err := handlers.NewWebhook(w.Type, w.URL, client)
+		h, err := handlers.NewWebhook(w.Type, w.URL, client, int(cfg.MaxResultBytes))
 		if err != nil {
 			return nil, &exitError{code: 2, err: err}
 		}
@@ -174,12 +174,13 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 	}
 	sort.Strings(types)
 
-	svc := application.NewService(broker, types, nil, nil, log)
+	svc := application.NewService(broker, application.ServiceConfig{Types: types, MaxBatch: cfg.MaxBatch, IdempotencyTTL: cfg.IdempotencyTTL}, log)
 	proc := application.NewProcessor(broker, pool, taskHandlers, application.ProcessorConfig{
-		Policy:       cfg.RetryPolicy,
-		TaskTimeout:  cfg.TaskTimeout,
-		HandlerGrace: plan.handlerGrace,
-		MaxAbandoned: cfg.Workers,
+		Policy:         cfg.RetryPolicy,
+		TaskTimeout:    cfg.TaskTimeout,
+		HandlerGrace:   plan.handlerGrace,
+		MaxAbandoned:   cfg.Workers,
+		MaxResultBytes: int(cfg.MaxResultBytes),
 	}, log)
 	api := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxInflightBodyBytes: inflightBodyBytes(cfg)}, log)
 
@@ -233,6 +234,11 @@ func settings(cfg config) logrus.Fields {
 		"retry_max_backoff":     cfg.RetryPolicy.Max().String(),
 		"retention":             cfg.Retention.String(),
 		"max_finished":          cfg.MaxFinished,
+		"failed_retention":      cfg.FailedRetention.String(),
+		"max_failed":            cfg.MaxFailed,
+		"idempotency_ttl":       cfg.IdempotencyTTL.String(),
+		"max_batch":             cfg.MaxBatch,
+		"max_result_bytes":      cfg.MaxResultBytes,
 		"shutdown_timeout":      cfg.ShutdownTimeout.String(),
 		"webhooks":              webhooks,
 		"log_level":             cfg.LogLevel,
@@ -311,15 +317,17 @@ type openedBroker struct {
 func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (openedBroker, error) {
 	if cfg.Broker == brokerRedis {
 		rb, err := redis.New(ctx, redis.Options{
-			URL:         cfg.RedisURL,
-			Prefix:      cfg.RedisPrefix,
-			Instance:    cfg.InstanceID,
-			QueueSize:   cfg.QueueSize,
-			Retention:   cfg.Retention,
-			MaxFinished: cfg.MaxFinished,
-			Lease:       cfg.Lease,
-			Policy:      cfg.RetryPolicy,
-			Log:         log,
+			URL:             cfg.RedisURL,
+			Prefix:          cfg.RedisPrefix,
+			Instance:        cfg.InstanceID,
+			QueueSize:       cfg.QueueSize,
+			Retention:       cfg.Retention,
+			MaxFinished:     cfg.MaxFinished,
+			FailedRetention: cfg.FailedRetention,
+			MaxFailed:       cfg.MaxFailed,
+			Lease:           cfg.Lease,
+			Policy:          cfg.RetryPolicy,
+			Log:             log,
 		})
 		if err != nil {
 			return openedBroker{}, err
@@ -329,28 +337,32 @@ func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (opened
 			if closed.Swap(true) {
 				return
 			}
-			stats, err := rb.Stats(ctx)
+			counts, err := rb.Counts(ctx)
 			rb.Close(ctx)
 			if err != nil {
 				log.WithError(err).Warn("taskqueue stopped; could not count the tasks left in Redis")
 				return
 			}
-			log.WithFields(logrus.Fields{"pending": stats.Pending, "retrying": stats.Retrying, "running": stats.Running}).
+			log.WithFields(logrus.Fields{"pending": counts.Pending, "scheduled_or_retrying": counts.Waiting, "running": counts.Running}).
 				Info("taskqueue stopped; tasks stay in Redis for the other instances or the next start")
 		}, left: func() logrus.Fields {
 			return logrus.Fields{"held_attempts": rb.Held(), "note": "tasks stay in Redis; attempts left running are recovered by another instance when their lease runs out, as failed attempts"}
 		}}, nil
 	}
-	mem, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, MemoryLimit: cfg.MemoryLimit, Retention: cfg.Retention, MaxFinished: cfg.MaxFinished})
+	mem, err := memory.New(memory.Options{
+		QueueSize: cfg.QueueSize, MemoryLimit: cfg.MemoryLimit,
+		Retention: cfg.Retention, MaxFinished: cfg.MaxFinished,
+		FailedRetention: cfg.FailedRetention, MaxFailed: cfg.MaxFailed,
+	})
 	if err != nil {
 		return openedBroker{}, &exitError{code: 2, err: err}
 	}
 	return openedBroker{Broker: mem, close: func(context.Context) {
-		stats := mem.Close()
-		log.WithFields(logrus.Fields{"pending_dropped": stats.Pending, "retrying_dropped": stats.Retrying}).
+		counts := mem.Close()
+		log.WithFields(logrus.Fields{"pending_dropped": counts.Pending, "retrying_dropped": counts.Retrying, "scheduled_dropped": counts.Scheduled}).
 			Info("taskqueue stopped; the in-memory broker dropped the tasks it still held")
 	}, left: func() logrus.Fields {
-		stats := mem.Stats()
-		return logrus.Fields{"pending_dropped": stats.Pending, "retrying_dropped": stats.Retrying, "running_dropped": stats.Running}
+		counts := mem.Counts()
+		return logrus.Fields{"pending_dropped": counts.Pending, "retrying_dropped": counts.Retrying, "scheduled_dropped": counts.Scheduled, "running_dropped": counts.Running}
 	}}, nil
 }

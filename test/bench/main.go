@@ -180,7 +180,7 @@ func (o *ours) broker() *redis.Broker {
 func (o *ours) enqueue(n, p int) error {
 	b := o.broker()
 	defer b.Close(context.Background())
-	svc := application.NewService(b, []string{"noop"}, nil, nil, o.log)
+	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, o.log)
 	body := payloadBytes(*payload)
 	return parallel(n, p, func(int) error {
 		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: body})
@@ -222,7 +222,7 @@ func (o *ours) latency(r int, d time.Duration, c int) ([]time.Duration, error) {
 		mu.Unlock()
 	})
 	b := o.broker()
-	svc := application.NewService(b, []string{"noop"}, nil, nil, o.log)
+	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, o.log)
 	sent := steady(r, d, func() error {
 		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: stamp()})
 		return err
