@@ -198,10 +198,20 @@ func (p *Processor) runAttempt(workCtx context.Context, att ports.Attempt) {
 	case timedOut || !returned:
 		err = task.Fail(end, (&domain.TimeoutError{After: p.cfg.TaskTimeout, Abandoned: !returned}).Error(), p.cfg.Policy, p.cfg.Random())
 	default:
-		if errors.As(err, &panicErr) {
-			log = log.WithField("stack", string(panicErr.Stack))
+		var noRetry *domain.NoRetryError
+		var retryAfter *domain.RetryAfterError
+		switch {
+		case errors.As(err, &noRetry):
+			err = task.FailNoRetry(end, err.Error())
+		case errors.As(err, &retryAfter):
+			log = log.WithField("retry_after_ms", retryAfter.After.Milliseconds())
+			err = task.FailRetryAfter(end, err.Error(), p.cfg.Policy, p.cfg.Random(), retryAfter.After)
+		default:
+			if errors.As(err, &panicErr) {
+				log = log.WithField("stack", string(panicErr.Stack))
+			}
+			err = task.Fail(end, err.Error(), p.cfg.Policy, p.cfg.Random())
 		}
-		err = task.Fail(end, err.Error(), p.cfg.Policy, p.cfg.Random())
 	}
 	if err != nil { // the task was running: only a broken broker gets here
 		log.WithError(err).Error("cannot record attempt outcome")

@@ -25,8 +25,14 @@ const (
 
 // ServiceConfig holds what the service needs besides its broker.
 type ServiceConfig struct {
-	// Types are the task types this instance accepts.
+	// Types are the task types this instance accepts: those it runs and
+	// those it only takes submissions for (--accept-type).
 	Types []string
+	// Runs are the types this instance has handlers for (a subset of
+	// Types), and Limits the configured limits of each type; both are
+	// shown by Types.
+	Runs   []string
+	Limits map[string]domain.TypeLimits
 	// MaxBatch bounds the tasks of one SubmitBatch; DefaultMaxBatch when 0.
 	MaxBatch int
 	// IdempotencyTTL is how long an idempotency key is kept after its
@@ -42,6 +48,7 @@ type Service struct {
 	broker  ports.Broker
 	cfg     ServiceConfig
 	known   map[string]bool
+	runs    map[string]bool
 	types   []string
 	log     logrus.FieldLogger
 	closing atomic.Bool
@@ -67,9 +74,13 @@ func NewService(broker ports.Broker, cfg ServiceConfig, log logrus.FieldLogger) 
 	for _, t := range cfg.Types {
 		known[t] = true
 	}
+	runs := make(map[string]bool, len(cfg.Runs))
+	for _, t := range cfg.Runs {
+		runs[t] = true
+	}
 	types := append([]string(nil), cfg.Types...)
 	sort.Strings(types)
-	return &Service{broker: broker, cfg: cfg, known: known, types: types, log: log}
+	return &Service{broker: broker, cfg: cfg, known: known, runs: runs, types: types, log: log}
 }
 
 // Submit validates s, stores it as a pending (or scheduled) task and
@@ -96,6 +107,9 @@ func (s *Service) Submit(ctx context.Context, sub ports.Submission) (*domain.Tas
 	}
 	if task.Status() == domain.StatusScheduled {
 		fields["run_at"] = task.RunAt().Format(time.RFC3339Nano)
+	}
+	if task.Key() != "" {
+		fields["key"] = task.Key()
 	}
 	s.log.WithFields(fields).Info("task submitted")
 	return task, nil
@@ -145,6 +159,11 @@ func (s *Service) newTask(sub ports.Submission, now time.Time) (*domain.Task, er
 	task, err := domain.NewTask(id, sub.Type, sub.Payload, priority, sub.MaxRetries, now)
 	if err != nil {
 		return nil, err
+	}
+	if sub.Key != "" {
+		if err := task.SetKey(sub.Key); err != nil {
+			return nil, err
+		}
 	}
 	switch {
 	case !sub.RunAt.IsZero():

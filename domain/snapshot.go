@@ -25,6 +25,7 @@ type TaskSnapshot struct {
 	NextAttemptAt time.Time
 	RunAt         time.Time
 	Result        Result
+	Key           string
 }
 
 // Snapshot returns a copy of the task's state.
@@ -46,6 +47,7 @@ func (t *Task) Snapshot() TaskSnapshot {
 		NextAttemptAt: t.nextAttemptAt,
 		RunAt:         t.runAt,
 		Result:        t.result,
+		Key:           t.key,
 	}
 }
 
@@ -83,5 +85,11 @@ func RehydrateTask(s TaskSnapshot) (*Task, error) {
 		t.runAt = s.RunAt.UTC()
 	}
 	t.result = s.Result
+	if s.Key != "" {
+		if err := ValidateKey(s.Key); err != nil {
+			return nil, err
+		}
+		t.key = s.Key
+	}
 	return t, nil
 }

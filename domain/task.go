@@ -38,6 +38,7 @@ type Task struct {
 	nextAttemptAt time.Time
 	runAt         time.Time
 	result        Result
+	key           string
 }
 
 // NewTask returns a pending task, or a *ValidationError naming the first
@@ -156,6 +157,23 @@ func (t *Task) DueAt() time.Time {
 
 // Result returns what the last successful attempt returned, if anything.
 func (t *Task) Result() Result { return t.result }
+
+// Key returns the task's fairness key (a tenant, say), or "" for none.
+func (t *Task) Key() string { return t.key }
+
+// SetKey gives a new task its fairness key: tasks with different keys are
+// served round-robin within a priority. It returns a *ValidationError for
+// a bad key and a *TransitionError unless the task is new.
+func (t *Task) SetKey(key string) error {
+	if t.attempts > 0 || (t.status != StatusPending && t.status != StatusScheduled) {
+		return &TransitionError{Action: "set the key of", From: t.status}
+	}
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	t.key = key
+	return nil
+}
 
 // Schedule makes a new task wait until runAt: it becomes scheduled when
 // runAt is after now, and stays pending (due at once) otherwise. It
@@ -291,6 +309,35 @@ func (t *Task) Fail(now time.Time, cause string, policy RetryPolicy, random floa
 	}
 	t.status = StatusFailed
 	t.finishedAt = now
+	return nil
+}
+
+// FailRetryAfter is Fail for a handler that asked for its next attempt no
+// sooner than after: the wait is the longer of the policy's and after,
+// never more than the policy's maximum.
+func (t *Task) FailRetryAfter(now time.Time, cause string, policy RetryPolicy, random float64, after time.Duration) error {
+	if err := t.Fail(now, cause, policy, random); err != nil || t.status != StatusRetrying {
+		return err
+	}
+	if wait := min(after, policy.Max()); t.nextAttemptAt.Before(t.updatedAt.Add(wait)) {
+		t.nextAttemptAt = t.updatedAt.Add(wait)
+	}
+	return nil
+}
+
+// FailNoRetry ends a running task's attempt in failure for good, whatever
+// retries it had left: its handler asked not to retry. It returns a
+// *TransitionError unless the task is running.
+func (t *Task) FailNoRetry(now time.Time, cause string) error {
+	if t.status != StatusRunning {
+		return &TransitionError{Action: "fail", From: t.status}
+	}
+	now = now.UTC()
+	t.lastError = cause
+	t.retriesUsed = t.maxRetries
+	t.status = StatusFailed
+	t.finishedAt = now
+	t.updatedAt = now
 	return nil
 }
 

@@ -36,9 +36,13 @@ type TaskQueue interface {
 	// domain.ErrUnavailable when the broker cannot be reached.
 	Enqueue(ctx context.Context, tasks ...*domain.Task) error
 
-	// Dequeue waits for the highest-priority pending task, starts its next
-	// attempt (the task is running, its attempt count one higher) and
-	// returns a copy the caller owns. It returns ctx's error when ctx ends
+	// Dequeue waits for the pending task that goes next among the types
+	// this instance may start now (it runs them, they are not paused,
+	// they are under their concurrency and rate limits, and the task's
+	// key is under its limit), starts its next attempt (the task is
+	// running, its attempt count one higher) and returns a copy the
+	// caller owns. The order is domain.Candidate.Outranks; within a type
+	// and priority, keys take turns, and each key's tasks go in order. It returns ctx's error when ctx ends
 	// first, domain.ErrShuttingDown once the queue is closed, and
 	// domain.ErrUnavailable when the broker cannot be reached.
 	Dequeue(ctx context.Context) (Attempt, error)
@@ -160,6 +164,18 @@ type IdempotencyStore interface {
 	Release(ctx context.Context, key string) error
 }
 
+// TypeAdmin pauses and resumes task types for every instance sharing the
+// broker: a paused type keeps taking submissions but starts no attempts.
+type TypeAdmin interface {
+	// Pause stops new attempts of typ (running ones finish). It returns
+	// domain.ErrUnavailable when the broker cannot be reached.
+	Pause(ctx context.Context, typ string) error
+	// Resume lets attempts of typ start again.
+	Resume(ctx context.Context, typ string) error
+	// Paused returns the paused types.
+	Paused(ctx context.Context) ([]string, error)
+}
+
 // Pinger reports whether a broker can take and store tasks now.
 type Pinger interface {
 	// Ping returns nil when the broker can be reached and is open,
@@ -177,5 +193,6 @@ type Broker interface {
 	TaskAdmin
 	StatsReader
 	IdempotencyStore
+	TypeAdmin
 	Pinger
 }

@@ -21,6 +21,8 @@ type Submission struct {
 	// that long after it is accepted. At most one of them is set.
 	RunAt time.Time
 	Delay time.Duration
+	// Key is the fairness key (a tenant, say); "" for none.
+	Key string
 }
 
 // TaskSubmitter is the inbound port for new work.
@@ -90,6 +92,26 @@ type TaskManager interface {
 	Delete(ctx context.Context, id uuid.UUID) error
 }
 
+// TypeInfo is what GET /types says of one task type.
+type TypeInfo struct {
+	Name   string
+	Runs   bool // this instance has its handler
+	Limits domain.TypeLimits
+	Paused bool
+	Counts map[domain.Status]int64
+}
+
+// TypeManager is the inbound port for task types.
+type TypeManager interface {
+	// Types returns every known type (run or accepted here, or with tasks
+	// stored) with its limits, paused flag and counts.
+	Types(ctx context.Context) ([]TypeInfo, error)
+	// Pause and Resume stop and restart the attempts of a type on every
+	// instance. They return a *domain.ValidationError for a bad type name.
+	Pause(ctx context.Context, typ string) error
+	Resume(ctx context.Context, typ string) error
+}
+
 // Limits of the inbound port.
 const (
 	MaxListLimit     = 1000
@@ -102,6 +124,7 @@ type TaskService interface {
 	TaskSubmitter
 	TaskQuerier
 	TaskManager
+	TypeManager
 
 	// Ready returns nil when this instance can take and store tasks,
 	// domain.ErrShuttingDown once it is draining, and

@@ -21,6 +21,16 @@ import (
 type Config struct {
 	QueueSize int
 	Retention time.Duration
+	// Flow control: the types this instance starts (nil: all), their
+	// limits, the cap per key, and priority aging.
+	Types          []string
+	Limits         map[string]domain.TypeLimits
+	KeyConcurrency int
+	Aging          time.Duration
+	// Queue, when set, names a queue that the brokers a test makes with
+	// the same name share, as instances of the service share one broker
+	// (an in-process broker returns the same one).
+	Queue string
 }
 
 // Factory returns an empty broker with the given config, cleaned up when t
@@ -51,6 +61,7 @@ func Run(t *testing.T, newBroker Factory) {
 		{"ConcurrentUseDeliversEachTaskOnce", testConcurrent},
 	}
 	tests = append(tests, lifecycleTests...)
+	tests = append(tests, flowTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newBroker) })
 	}

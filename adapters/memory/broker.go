@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -32,15 +33,20 @@ type Broker struct {
 	slab     slab
 	index    idIndex // every task held
 	running  map[uuid.UUID]running
-	ready    [domain.PriorityLevels]ring
-	waiting  waitHeap // scheduled and retrying, by due time
-	finished [2]ring  // succeeded; failed and cancelled (dead letters)
+	types    map[string]*typeQueue // the ready structure; see ready.go
+	typeList []*typeQueue          // the same, to range over in order
+	pending  int                   // pending tasks of every type
+	waiting  waitHeap              // scheduled and retrying, by due time
+	finished [2]ring               // succeeded; failed and cancelled (dead letters)
 	lists    lists
 	idem     idemKeys
-	pending  int   // live refs in the ready FIFOs
-	bytes    int64 // held tasks' taskBytes
-	seq      uint64
-	closed   bool
+	// keyRunning counts the running attempts of each fairness key;
+	// blocked lists where the keys at their limit wait.
+	keyRunning map[string]int
+	blocked    map[string][]blockedAt
+	bytes      int64 // held tasks' taskBytes
+	seq        uint64
+	closed     bool
 
 	notify chan struct{} // buffer 1: "a task may be ready"
 	done   chan struct{} // closed by Close
@@ -85,6 +91,18 @@ type Options struct {
 	// MaxIdempotencyKeys bounds the idempotency keys kept;
 	// DefaultMaxIdempotencyKeys when zero.
 	MaxIdempotencyKeys int
+	// Types are the task types whose attempts this broker starts (the
+	// instance has their handlers); nil means every type. Tasks of other
+	// types wait.
+	Types []string
+	// Limits bound each type's attempts (concurrency and rate).
+	Limits map[string]domain.TypeLimits
+	// KeyConcurrency caps the running attempts of any one fairness key;
+	// zero means no cap.
+	KeyConcurrency int
+	// Aging makes a pending task count one priority level higher per
+	// Aging waited (see domain.EffectiveLevel); zero is strict order.
+	Aging time.Duration
 	// Now defaults to time.Now.
 	Now func() time.Time
 }
@@ -111,13 +129,16 @@ func New(opts Options) (*Broker, error) {
 		opts.Now = time.Now
 	}
 	b := &Broker{
-		opts:    opts,
-		now:     opts.Now,
-		running: make(map[uuid.UUID]running),
-		lists:   newLists(),
-		idem:    newIdemKeys(opts.MaxIdempotencyKeys),
-		notify:  make(chan struct{}, 1),
-		done:    make(chan struct{}),
+		opts:       opts,
+		now:        opts.Now,
+		running:    make(map[uuid.UUID]running),
+		types:      make(map[string]*typeQueue),
+		keyRunning: make(map[string]int),
+		blocked:    make(map[string][]blockedAt),
+		lists:      newLists(),
+		idem:       newIdemKeys(opts.MaxIdempotencyKeys),
+		notify:     make(chan struct{}, 1),
+		done:       make(chan struct{}),
 	}
 	b.waiting.slab = &b.slab
 	return b, nil
@@ -154,7 +175,7 @@ func (b *Broker) Enqueue(_ context.Context, tasks ...*domain.Task) error {
 		// index entry of the first.
 		i := b.slab.alloc()
 		e := b.slab.at(i)
-		e.task, e.heapIndex, e.bytes = *t, -1, taskBytes(t)
+		e.task, e.heapIndex, e.bytes, e.tq = *t, -1, taskBytes(t), b.typeQueue(t.Type())
 		b.bytes += e.bytes
 		b.index.put(t.ID(), i)
 		b.place(i, false, now)
@@ -175,17 +196,21 @@ func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 		}
 		now := b.now()
 		b.promoteDue(now)
-		if i, ok := b.popReady(); ok {
+		i, ok, rateWait := b.popNext(now)
+		if ok {
 			e := b.slab.at(i)
-			b.lists.remove(&e.task)
+			b.lists.remove(e.tq.lists, &e.task)
 			if err := e.task.Start(now); err != nil {
-				b.lists.add(&e.task)
+				b.lists.add(e.tq.lists, &e.task)
 				b.mu.Unlock()
 				return ports.Attempt{}, fmt.Errorf("memory broker: %w", err)
 			}
 			r := running{slot: i, cancelled: make(chan struct{})}
 			b.running[e.task.ID()] = r
-			b.lists.add(&e.task)
+			if b.opts.KeyConcurrency > 0 && e.task.Key() != "" {
+				b.keyRunning[e.task.Key()]++
+			}
+			b.lists.add(e.tq.lists, &e.task)
 			out := e.task
 			more := b.pending > 0
 			b.mu.Unlock()
@@ -196,8 +221,14 @@ func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 		}
 		var due <-chan time.Time
 		var timer *time.Timer
+		wait := rateWait
 		if b.waiting.Len() > 0 {
-			timer = time.NewTimer(b.waiting.due(0).Sub(now))
+			if d := b.waiting.due(0).Sub(now); wait == 0 || d < wait {
+				wait = max(d, 0)
+			}
+		}
+		if wait > 0 || b.waiting.Len() > 0 {
+			timer = time.NewTimer(wait)
 			due = timer.C
 		}
 		b.mu.Unlock()
@@ -236,6 +267,7 @@ func (b *Broker) Settle(_ context.Context, attempt int, task *domain.Task) error
 	b.place(r.slot, task.Status() == domain.StatusPending, now) // handed back: first in line again
 	b.makeRoom(0)
 	b.expire(now)
+	b.wake() // a concurrency slot is free again
 	return nil
 }
 
@@ -384,10 +416,12 @@ func (b *Broker) Stats(context.Context) (ports.Stats, error) {
 			st.ByType[typ] = m
 		}
 	}
-	for level := range b.ready {
-		if i, ok := b.liveFront(&b.ready[level]); ok {
-			if since := b.slab.at(i).task.UpdatedAt(); st.OldestPending.IsZero() || since.Before(st.OldestPending) {
-				st.OldestPending = since
+	for _, tq := range b.types {
+		for level := range tq.levels {
+			if _, i, ok := b.front(tq, level); ok {
+				if since := b.slab.at(i).task.UpdatedAt(); st.OldestPending.IsZero() || since.Before(st.OldestPending) {
+					st.OldestPending = since
+				}
 			}
 		}
 	}
@@ -447,4 +481,35 @@ func (b *Broker) wake() {
 	case b.notify <- struct{}{}:
 	default:
 	}
+}
+
+// Pause stops new attempts of typ; see ports.TypeAdmin.
+func (b *Broker) Pause(_ context.Context, typ string) error {
+	b.mu.Lock()
+	b.typeQueue(typ).paused = true
+	b.mu.Unlock()
+	return nil
+}
+
+// Resume lets attempts of typ start again; see ports.TypeAdmin.
+func (b *Broker) Resume(_ context.Context, typ string) error {
+	b.mu.Lock()
+	b.typeQueue(typ).paused = false
+	b.mu.Unlock()
+	b.wake()
+	return nil
+}
+
+// Paused returns the paused types; see ports.TypeAdmin.
+func (b *Broker) Paused(context.Context) ([]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for name, tq := range b.types {
+		if tq.paused {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,8 +16,24 @@ import (
 	"github.com/taskqueue/taskqueue/ports"
 )
 
+// shared holds the brokers of tests that ask for a shared queue: an
+// in-process broker is shared by being the same one.
+var shared sync.Map // test and queue name → ports.Broker
+
 func newBroker(t *testing.T, cfg brokertest.Config) ports.Broker {
-	b, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention})
+	if cfg.Queue != "" {
+		name := t.Name() + "/" + cfg.Queue
+		if b, ok := shared.Load(name); ok {
+			return b.(ports.Broker)
+		}
+		cfg.Queue = ""
+		b := newBroker(t, cfg)
+		shared.Store(name, b)
+		t.Cleanup(func() { shared.Delete(name) })
+		return b
+	}
+	b, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention,
+		Types: cfg.Types, Limits: cfg.Limits, KeyConcurrency: cfg.KeyConcurrency, Aging: cfg.Aging})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,9 +47,10 @@ func (l *lists) of(typ string) *typeLists {
 	return tl
 }
 
-// add indexes and counts t under its current status.
-func (l *lists) add(t *domain.Task) {
-	tl, st := l.of(t.Type()), t.Status()
+// add indexes and counts t, of the type whose lists tl are, under its
+// current status.
+func (l *lists) add(tl *typeLists, t *domain.Task) {
+	st := t.Status()
 	tl.counts[st]++
 	if st == domain.StatusRunning {
 		return
@@ -61,8 +62,8 @@ func (l *lists) add(t *domain.Task) {
 }
 
 // remove takes t out of the index and counters of its current status.
-func (l *lists) remove(t *domain.Task) {
-	tl, st := l.of(t.Type()), t.Status()
+func (l *lists) remove(tl *typeLists, t *domain.Task) {
+	st := t.Status()
 	tl.counts[st]--
 	if tree := tl.trees[st]; tree != nil && st != domain.StatusRunning {
 		tree.Delete(t.ID())

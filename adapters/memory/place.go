@@ -21,13 +21,7 @@ func (b *Broker) place(i slot, front bool, now time.Time) {
 	switch st := e.task.Status(); {
 	case st == domain.StatusPending:
 		e.tok = b.nextSeq()
-		r := &b.ready[e.task.Priority().Level()]
-		b.pending++
-		if front {
-			r.pushFront(ref{i, e.tok})
-		} else {
-			r.pushBack(ref{i, e.tok})
-		}
+		b.pushPending(i, front)
 	case st == domain.StatusScheduled || st == domain.StatusRetrying:
 		e.seq = b.nextSeq()
 		heap.Push(&b.waiting, i)
@@ -40,7 +34,7 @@ func (b *Broker) place(i slot, front bool, now time.Time) {
 		e.tok = b.nextSeq()
 		r.pushBack(ref{i, e.tok})
 	}
-	b.lists.add(&e.task)
+	b.lists.add(e.tq.lists, &e.task)
 }
 
 // unplace takes task i out of where its status keeps it and out of the
@@ -48,17 +42,19 @@ func (b *Broker) place(i slot, front bool, now time.Time) {
 // the caller if it no longer counts.
 func (b *Broker) unplace(i slot) running {
 	e := b.slab.at(i)
-	b.lists.remove(&e.task)
+	b.lists.remove(e.tq.lists, &e.task)
 	var r running
 	switch st := e.task.Status(); {
 	case st == domain.StatusPending:
-		b.pending--
-		b.stale(&b.ready[e.task.Priority().Level()], e)
+		b.dropPending(e)
 	case st == domain.StatusScheduled || st == domain.StatusRetrying:
 		heap.Remove(&b.waiting, int(e.heapIndex))
 	case st == domain.StatusRunning:
 		r = b.running[e.task.ID()]
 		delete(b.running, e.task.ID())
+		if b.opts.KeyConcurrency > 0 && e.task.Key() != "" {
+			b.endRun(e.task.Key())
+		}
 	case st.DeadLetter():
 		b.stale(&b.finished[deadRing], e)
 	case st.Finished():
@@ -94,18 +90,17 @@ func (b *Broker) forget(i slot) {
 	b.slab.release(i)
 }
 
-// popReady removes and returns the first pending task of the highest
-// priority that has one, skipping stale refs.
-func (b *Broker) popReady() (slot, bool) {
-	for level := domain.MaxPriority; level >= domain.MinPriority; level-- {
-		if i, ok := b.liveFront(&b.ready[level]); ok {
-			b.ready[level].popFront(true)
-			b.slab.at(i).tok = 0
-			b.pending--
-			return i, true
-		}
+// endRun counts an attempt of key out, and lets the key's waiting tasks
+// back into their round-robins if it was at its limit.
+func (b *Broker) endRun(key string) {
+	if n := b.keyRunning[key] - 1; n > 0 {
+		b.keyRunning[key] = n
+	} else {
+		delete(b.keyRunning, key)
 	}
-	return 0, false
+	if len(b.blocked[key]) > 0 {
+		b.unblock(key)
+	}
 }
 
 // liveFront drops stale refs from the front of r and returns the task of
@@ -130,7 +125,7 @@ func (b *Broker) promoteDue(now time.Time) {
 	for b.waiting.Len() > 0 && !b.waiting.due(0).After(now) {
 		i := heap.Pop(&b.waiting).(slot)
 		e := b.slab.at(i)
-		b.lists.remove(&e.task)
+		b.lists.remove(e.tq.lists, &e.task)
 		if e.task.Status() == domain.StatusScheduled {
 			_ = e.task.Due(now)
 		} else {
@@ -167,7 +162,7 @@ func (b *Broker) dropFront(r *ring, i slot) {
 	r.popFront(true)
 	e := b.slab.at(i)
 	e.tok = 0
-	b.lists.remove(&e.task)
+	b.lists.remove(e.tq.lists, &e.task)
 	b.forget(i)
 }
 

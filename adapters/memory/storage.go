@@ -20,11 +20,12 @@ type slot = uint32
 
 type entry struct {
 	task      domain.Task
-	seq       uint64 // orders tasks due at the same instant
-	expires   int64  // unix nanoseconds; set once finished
-	bytes     int64  // what the task counts against the memory limit
-	tok       uint64 // matches the one FIFO reference that is live, if any
-	heapIndex int32  // position in the waiting heap, -1 elsewhere
+	tq        *typeQueue // the task's type: its ready queues, indexes, counters
+	seq       uint64     // orders tasks due at the same instant
+	expires   int64      // unix nanoseconds; set once finished
+	bytes     int64      // what the task counts against the memory limit
+	tok       uint64     // matches the one FIFO reference that is live, if any
+	heapIndex int32      // position in the waiting heap, -1 elsewhere
 }
 
 // TaskOverhead is what a task costs besides its payload, type, last error

@@ -425,3 +425,36 @@ func (b *Broker) Release(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// Pause stops new attempts of typ on every instance; see ports.TypeAdmin.
+func (b *Broker) Pause(ctx context.Context, typ string) error {
+	if err := b.rdb.SAdd(ctx, b.keys.paused, typ).Err(); err != nil {
+		return classify(err)
+	}
+	return nil
+}
+
+// Resume lets attempts of typ start again and wakes the instances that
+// run it; see ports.TypeAdmin.
+func (b *Broker) Resume(ctx context.Context, typ string) error {
+	pipe := b.rdb.TxPipeline()
+	pipe.SRem(ctx, b.keys.paused, typ)
+	for _, k := range []string{b.keys.wakeOf(typ), b.keys.wake} {
+		pipe.LPush(ctx, k, 1)
+		pipe.LTrim(ctx, k, 0, 63)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return classify(err)
+	}
+	return nil
+}
+
+// Paused returns the paused types, sorted; see ports.TypeAdmin.
+func (b *Broker) Paused(ctx context.Context) ([]string, error) {
+	out, err := b.rdb.SMembers(ctx, b.keys.paused).Result()
+	if err != nil {
+		return nil, classify(err)
+	}
+	sort.Strings(out)
+	return out, nil
+}

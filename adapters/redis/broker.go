@@ -61,7 +61,19 @@ type Options struct {
 	// of its running attempts were cancelled. Defaults to 500 ms, so a
 	// cancel reaches its attempt within a second.
 	CancelCheckInterval time.Duration
-	Log                 logrus.FieldLogger
+	// Types are the task types whose attempts this instance starts (it
+	// has their handlers); nil means every type. Tasks of other types
+	// wait for an instance that runs them.
+	Types []string
+	// Limits bound each type's attempts across every instance sharing the
+	// queue (concurrency and rate); every instance should be given the
+	// same limits. KeyConcurrency caps the running attempts of any one
+	// fairness key (0: none), and Aging makes a pending task count one
+	// priority level higher per Aging waited (0: strict order).
+	Limits         map[string]domain.TypeLimits
+	KeyConcurrency int
+	Aging          time.Duration
+	Log            logrus.FieldLogger
 	// Now and Random default to the wall clock and math/rand/v2.
 	Now    func() time.Time
 	Random func() float64
@@ -85,19 +97,27 @@ type Broker struct {
 	// puts back once Redis answers again.
 	lost []string
 
-	waiters      chan *waiter
-	calls        chan *call
-	callMu       sync.RWMutex
-	callsClosed  bool
-	kick         chan struct{} // asks maintenance to run now
-	ctx          context.Context
-	cancel       context.CancelFunc
-	stop         chan struct{}
-	loops        sync.WaitGroup // fetch, renew, maintain, sweep
-	callers      sync.WaitGroup // pipeline workers
-	closed       atomic.Bool
-	sweeps       atomic.Int64 // sweep passes this instance ran
-	renewFailing atomic.Bool  // the last renewal could not reach Redis
+	waiters     chan *waiter
+	calls       chan *call
+	callMu      sync.RWMutex
+	callsClosed bool
+	kick        chan struct{} // asks maintenance to run now
+	ctx         context.Context
+	cancel      context.CancelFunc
+	stop        chan struct{}
+	loops       sync.WaitGroup // fetch, renew, maintain, sweep
+	callers     sync.WaitGroup // pipeline workers
+	closed      atomic.Bool
+	// flowArgs are the dequeue script's flow-control arguments (aging,
+	// key limit, the types this instance runs and their limits), and
+	// wakeKeys the wake lists its idle fetcher waits on.
+	flowArgs []any
+	wakeKeys []string
+	// subSecondBlock says the server takes BLPOP timeouts under a second
+	// (Redis 6 and later).
+	subSecondBlock bool
+	sweeps         atomic.Int64 // sweep passes this instance ran
+	renewFailing   atomic.Bool  // the last renewal could not reach Redis
 }
 
 // lease is an attempt this instance runs.
@@ -110,17 +130,39 @@ type lease struct {
 }
 
 type keys struct {
-	tag, ready, running, delayed, finished, dead, seq, wake, counts, task, schema, sweep, idem string
+	tag, pending, running, delayed, finished, dead, seq, wake, counts string
+	ptypes, paused, buckets, krun, cwait                              string
+	task, schema, sweep, idem                                         string
+	readyV2                                                           string // the second layout's ready set
+}
+
+func newKeys(prefix string) keys {
+	tag := "{" + prefix + "}:"
+	return keys{
+		tag: tag, pending: tag + "pending", running: tag + "running", delayed: tag + "delayed",
+		finished: tag + "finished", dead: tag + "dead", seq: tag + "seq", wake: tag + "wake", counts: tag + "counts",
+		ptypes: tag + "ptypes", paused: tag + "paused", buckets: tag + "buckets", krun: tag + "krun", cwait: tag + "cwait",
+		task: tag + "t:", schema: tag + "schema", sweep: tag + "sweep", idem: tag + "idem:", readyV2: tag + "ready",
+	}
 }
 
 // all returns the keys every script takes, in the order the prelude
 // names them.
 func (k keys) all() []string {
-	return []string{k.ready, k.running, k.delayed, k.finished, k.dead, k.seq, k.wake, k.counts}
+	return []string{k.pending, k.running, k.delayed, k.finished, k.dead, k.seq, k.wake, k.counts,
+		k.ptypes, k.paused, k.buckets, k.krun, k.cwait}
+}
+
+// wakeOf is the wake list of instances that run type typ.
+func (k keys) wakeOf(typ string) string { return k.wake + "|" + typ }
+
+// fifo is the ready FIFO of key's tasks of type typ at priority level.
+func (k keys) fifo(typ string, level int, key string) string {
+	return k.tag + "q|" + typ + "|" + strconv.Itoa(level) + "|" + key
 }
 
 type scripts struct {
-	enqueue, dequeue, settle, update, del, renew, check, undo, maintain, stats, repair *goredis.Script
+	enqueue, dequeue, settle, update, del, renew, check, undo, maintain, stats, repair, convertV2 *goredis.Script
 }
 
 var _ ports.Broker = (*Broker)(nil)
@@ -133,7 +175,7 @@ const (
 	pipelineCallers = 4
 	opTimeout       = 5 * time.Second
 	// schemaVersion names the layout of the keys; see record.go.
-	schemaVersion = "2"
+	schemaVersion = "3"
 )
 
 // New connects to Redis and starts the broker's background work. It
@@ -214,49 +256,47 @@ func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts
 	if err := rdb.Ping(pingCtx).Err(); err != nil {
 		return nil, fmt.Errorf("cannot reach Redis: %w", err)
 	}
-	flags, err := supportsScriptFlags(pingCtx, rdb)
+	major, err := serverMajor(pingCtx, rdb)
 	if err != nil {
 		return nil, err
 	}
+	flags := major >= 7
 	sc := scripts{
 		enqueue: enqueueScript.build(flags), dequeue: dequeueScript.build(flags), settle: settleScript.build(flags),
 		update: updateScript.build(flags), del: deleteScript.build(flags), renew: renewScript.build(flags),
 		check: checkScript.build(flags), undo: undoScript.build(flags), maintain: maintainScript.build(flags),
-		stats: statsScript.build(flags), repair: repairScript.build(flags),
+		stats: statsScript.build(flags), repair: repairScript.build(flags), convertV2: convertV2Script.build(flags),
 	}
-	for _, s := range []*goredis.Script{sc.enqueue, sc.dequeue, sc.settle, sc.update, sc.del, sc.renew, sc.check, sc.undo, sc.maintain, sc.stats, sc.repair} {
+	for _, s := range []*goredis.Script{sc.enqueue, sc.dequeue, sc.settle, sc.update, sc.del, sc.renew, sc.check, sc.undo, sc.maintain, sc.stats, sc.repair, sc.convertV2} {
 		if err := s.Load(pingCtx, rdb).Err(); err != nil {
 			return nil, fmt.Errorf("load scripts: %w", err)
 		}
 	}
-	tag := "{" + opts.Prefix + "}:"
-	k := keys{
-		tag: tag, ready: tag + "ready", running: tag + "running", delayed: tag + "delayed",
-		finished: tag + "finished", dead: tag + "dead", seq: tag + "seq", wake: tag + "wake", counts: tag + "counts",
-		task: tag + "t:", schema: tag + "schema", sweep: tag + "sweep", idem: tag + "idem:",
-	}
-	if err := checkSchema(ctx, rdb, k, opts); err != nil {
+	k := newKeys(opts.Prefix)
+	if err := checkSchema(ctx, rdb, k, sc, opts); err != nil {
 		return nil, err
 	}
 	bopts := *copts
 	bopts.PoolSize, bopts.MinIdleConns, bopts.MaxIdleConns = 1, 0, 1
 	bctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
-		rdb:     rdb,
-		blocker: goredis.NewClient(&bopts),
-		opts:    opts,
-		keys:    k,
-		scripts: sc,
-		log:     opts.Log.WithField("broker", "redis"),
-		tokens:  fmt.Sprintf("%s/%08x", opts.Instance, rand.Uint32()),
-		held:    make(map[uuid.UUID]lease),
-		waiters: make(chan *waiter, 1024),
-		calls:   make(chan *call, 1024),
-		kick:    make(chan struct{}, 1),
-		ctx:     bctx,
-		cancel:  cancel,
-		stop:    make(chan struct{}),
+		rdb:            rdb,
+		blocker:        goredis.NewClient(&bopts),
+		opts:           opts,
+		keys:           k,
+		scripts:        sc,
+		log:            opts.Log.WithField("broker", "redis"),
+		tokens:         fmt.Sprintf("%s/%08x", opts.Instance, rand.Uint32()),
+		held:           make(map[uuid.UUID]lease),
+		waiters:        make(chan *waiter, 1024),
+		calls:          make(chan *call, 1024),
+		kick:           make(chan struct{}, 1),
+		ctx:            bctx,
+		cancel:         cancel,
+		stop:           make(chan struct{}),
+		subSecondBlock: major >= 6,
 	}
+	b.flowArgs, b.wakeKeys = flowArgs(opts, k)
 	for i := 0; i < pipelineCallers; i++ {
 		b.callers.Add(1)
 		go b.pipeline()
@@ -270,31 +310,33 @@ func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts
 	return b, nil
 }
 
-// supportsScriptFlags reports whether the server takes script flags
-// (Redis 7 and later).
-func supportsScriptFlags(ctx context.Context, rdb *goredis.Client) (bool, error) {
+// serverMajor returns the server's major version (0 when it does not say):
+// Redis 7 takes script flags, Redis 6 blocking timeouts under a second.
+func serverMajor(ctx context.Context, rdb *goredis.Client) (int, error) {
 	info, err := rdb.Info(ctx, "server").Result()
 	if err != nil {
-		return false, fmt.Errorf("read server version: %w", err)
+		return 0, fmt.Errorf("read server version: %w", err)
 	}
 	for _, line := range strings.Split(info, "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
 			major, _, _ := strings.Cut(v, ".")
-			n, err := strconv.Atoi(major)
-			return err == nil && n >= 7, nil
+			n, _ := strconv.Atoi(major)
+			return n, nil
 		}
 	}
-	return false, nil
+	return 0, nil
 }
 
 // checkSchema marks a new queue with this layout's version, converts a
-// queue written in the first layout (see migrateV1), and refuses a layout
-// it does not know.
-func checkSchema(ctx context.Context, rdb *goredis.Client, k keys, opts Options) error {
+// queue written in an older layout (see migrateV1 and migrateV2), and
+// refuses a layout it does not know.
+func checkSchema(ctx context.Context, rdb *goredis.Client, k keys, sc scripts, opts Options) error {
 	v, err := rdb.Get(ctx, k.schema).Result()
 	switch {
 	case err == nil && v == schemaVersion:
 		return nil
+	case err == nil && v == "2":
+		return migrateV2(ctx, rdb, k, sc, opts.Instance, opts.Log)
 	case err == nil:
 		return fmt.Errorf("queue %s uses key layout %q; this version of taskqueue reads layout %s", strings.TrimSuffix(k.schema, ":schema"), v, schemaVersion)
 	case !errors.Is(err, goredis.Nil):
@@ -305,7 +347,10 @@ func checkSchema(ctx context.Context, rdb *goredis.Client, k keys, opts Options)
 		return fmt.Errorf("read queue layout: %w", err)
 	}
 	if used > 0 {
-		return migrateV1(ctx, rdb, k, opts.Instance, opts.Log)
+		if err := migrateV1(ctx, rdb, k, opts.Instance, opts.Log); err != nil {
+			return err
+		}
+		return migrateV2(ctx, rdb, k, sc, opts.Instance, opts.Log)
 	}
 	return rdb.SetNX(ctx, k.schema, schemaVersion, 0).Err()
 }
@@ -354,7 +399,7 @@ func (b *Broker) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 	if b.closed.Load() {
 		return domain.ErrShuttingDown
 	}
-	args := make([]any, 0, 2+7*len(tasks))
+	args := make([]any, 0, 2+8*len(tasks))
 	args = append(args, b.keys.tag, b.opts.QueueSize)
 	for _, task := range tasks {
 		st := task.Status()
@@ -369,7 +414,7 @@ func (b *Broker) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 		if err != nil {
 			return err
 		}
-		args = append(args, task.ID().String(), d, s, st.String(), task.Type(), task.Priority().Level(), ms(task.RunAt()))
+		args = append(args, task.ID().String(), d, s, st.String(), task.Type(), task.Priority().Level(), ms(task.RunAt()), task.Key())
 	}
 	res, err := b.run(ctx, b.scripts.enqueue, b.keys.all(), args...)
 	if err != nil {
@@ -525,15 +570,16 @@ type Counts struct {
 // Counts returns the sizes of the queue's sets, or domain.ErrUnavailable.
 func (b *Broker) Counts(ctx context.Context) (Counts, error) {
 	pipe := b.rdb.Pipeline()
-	ready := pipe.ZCard(ctx, b.keys.ready)
+	pending := pipe.Get(ctx, b.keys.pending)
 	running := pipe.ZCard(ctx, b.keys.running)
 	delayed := pipe.ZCard(ctx, b.keys.delayed)
 	finished := pipe.ZCard(ctx, b.keys.finished)
 	dead := pipe.ZCard(ctx, b.keys.dead)
-	if _, err := pipe.Exec(ctx); err != nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return Counts{}, classify(err)
 	}
-	return Counts{Pending: ready.Val(), Running: running.Val(), Waiting: delayed.Val(), Finished: finished.Val() + dead.Val()}, nil
+	n, _ := pending.Int64()
+	return Counts{Pending: n, Running: running.Val(), Waiting: delayed.Val(), Finished: finished.Val() + dead.Val()}, nil
 }
 
 // Held returns how many attempts this instance runs, as far as the broker

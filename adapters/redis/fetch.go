@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -218,8 +219,9 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	tokens := b.tokens + ":" + strconv.FormatUint(b.fetchN.Add(1), 36)
 	// Through the shared pipelines: a fetch then often rides in the same
 	// round trip as the completions of the workers it is fetching for.
-	val, err := b.run(ctx, b.scripts.dequeue, b.keys.all(),
-		b.keys.tag, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, tokens, b.opts.Instance)
+	args := append([]any{b.keys.tag, ms(now), strconv.FormatInt(now.UnixNano(), 10), b.opts.Lease.Milliseconds(), n, tokens, b.opts.Instance},
+		b.flowArgs...)
+	val, err := b.run(ctx, b.scripts.dequeue, b.keys.all(), args...)
 	if err != nil {
 		if errors.Is(err, domain.ErrUnavailable) && !replied(err) {
 			// The call was sent and may have run, its reply lost: remember
@@ -266,7 +268,30 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 	return tasks, nextDue, nil
 }
 
-// waitForWork blocks on the wake list until a submission (or hand-back,
+// flowArgs returns the dequeue script's flow-control arguments and the
+// wake lists an idle fetcher of an instance with these options waits on.
+func flowArgs(opts Options, k keys) (args []any, wake []string) {
+	args = []any{opts.Aging.Milliseconds(), opts.KeyConcurrency}
+	limit := func(typ string) []any {
+		l := opts.Limits[typ]
+		return []any{typ, l.Concurrency, l.Rate, l.Period.Milliseconds()}
+	}
+	if opts.Types == nil {
+		args = append(args, "all")
+		for _, typ := range slices.Sorted(maps.Keys(opts.Limits)) {
+			args = append(args, limit(typ)...)
+		}
+		return args, []string{k.wake}
+	}
+	args = append(args, "only")
+	for _, typ := range opts.Types {
+		args = append(args, limit(typ)...)
+		wake = append(wake, k.wakeOf(typ))
+	}
+	return args, wake
+}
+
+// waitForWork blocks on the wake lists until a submission (or hand-back,
 // or promotion) pushes to it, the next retry is due, a second passes, or
 // Close. Only an instance with idle workers waits here, so it never takes
 // a wake-up another instance needs.
@@ -286,7 +311,25 @@ func (b *Broker) waitForWork(nextDue time.Time) {
 		}
 	}()
 	defer close(done)
-	err := b.blocker.BLPop(ctx, timeout, b.keys.wake).Err()
+	var err error
+	switch {
+	case timeout >= time.Second:
+		err = b.blocker.BLPop(ctx, timeout, b.wakeKeys...).Err()
+	case b.subSecondBlock:
+		// go-redis rounds BLPOP timeouts under a second up to one: a rate
+		// limit's next token or a retry due sooner would wait that long.
+		args := make([]any, 0, len(b.wakeKeys)+2)
+		args = append(args, "blpop")
+		for _, k := range b.wakeKeys {
+			args = append(args, k)
+		}
+		args = append(args, strconv.FormatFloat(timeout.Seconds(), 'f', 3, 64))
+		err = b.blocker.Do(ctx, args...).Err()
+	default:
+		if !b.sleep(timeout) {
+			return
+		}
+	}
 	if err != nil && !errors.Is(err, goredis.Nil) && b.ctx.Err() == nil {
 		select {
 		case <-b.stop:

@@ -319,7 +319,7 @@ func TestFirstLayoutIsConverted(t *testing.T) {
 	c.Set(ctx, tag+"seq", 3, 0)
 
 	b := newBroker(t, prefix, func(o *redis.Options) { o.Lease = time.Second })
-	if v, _ := c.Get(ctx, tag+"schema").Result(); v != "2" {
+	if v, _ := c.Get(ctx, tag+"schema").Result(); v != "3" {
 		t.Fatalf("schema after conversion: %q", v)
 	}
 	for _, id := range []string{pending, retrying, running, finished} {
@@ -363,4 +363,47 @@ func TestFirstLayoutIsConverted(t *testing.T) {
 // brokertest.BenchmarkListAt1M.
 func BenchmarkListAt1M(b *testing.B) {
 	brokertest.BenchmarkListAt1M(b, newBroker(b, newPrefix(b), func(o *redis.Options) { o.QueueSize = 1_000_001 }))
+}
+
+// A queue written in the second key layout (one ready set scored by
+// priority band and sequence number) is converted at start into the
+// per-type ready structure, keeping the order.
+func TestSecondLayoutIsConverted(t *testing.T) {
+	prefix := newPrefix(t)
+	tag := "{" + prefix + "}:"
+	c := rawClient(t)
+	ctx := ctx5(t)
+	ns := strconv.FormatInt(time.Now().UnixNano(), 10)
+	ids := []string{uuid.New().String(), uuid.New().String(), uuid.New().String()}
+	priorities := []int{3, 7, 3}
+	seqs := []int{5, 6, 2}
+	for i, id := range ids {
+		p := strconv.Itoa(priorities[i])
+		c.HSet(ctx, tag+"t:"+id, "d", `{"t":"resize","mr":1,"c":"`+ns+`","p":{}}`, "s", `{"ty":"resize","pr":`+p+`,"s":"pending","a":0,"u":"`+ns+`"}`)
+		c.ZAdd(ctx, tag+"ready", goredis.Z{Score: float64((9-priorities[i])*(1<<48) + seqs[i]), Member: id})
+		c.ZAdd(ctx, tag+"idx:pending:resize", goredis.Z{Member: id})
+	}
+	c.HSet(ctx, tag+"counts", "pending|resize", 3)
+	c.Set(ctx, tag+"seq", 6, 0)
+	c.Set(ctx, tag+"schema", "2", 0)
+
+	b := newBroker(t, prefix, nil)
+	if v, _ := c.Get(ctx, tag+"schema").Result(); v != "3" {
+		t.Fatalf("schema after conversion: %q", v)
+	}
+	if n, _ := c.Exists(ctx, tag+"ready").Result(); n != 0 {
+		t.Fatal("the old ready set is still there")
+	}
+	if counts, err := b.Counts(ctx); err != nil || counts.Pending != 3 {
+		t.Fatalf("counts after conversion: %+v, %v", counts, err)
+	}
+	for _, want := range []string{ids[1], ids[2], ids[0]} {
+		att, err := b.Dequeue(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if att.Task.ID().String() != want {
+			t.Fatalf("got %s (priority %d); want %s", att.Task.ID(), att.Task.Priority().Level(), want)
+		}
+	}
 }

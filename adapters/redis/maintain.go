@@ -314,8 +314,8 @@ func (b *Broker) sweep() (repaired int, err error) {
 }
 
 // repairBatch checks one batch of record keys cheaply (one HGET each, one
-// ZMSCORE per set, pipelined) and runs the repair script only on tasks no
-// set holds.
+// ZMSCORE per set, pipelined, then one ZSCORE in its key's FIFO for each
+// pending task) and runs the repair script only on tasks no set holds.
 func (b *Broker) repairBatch(ctx context.Context, keys []string) (int, error) {
 	ids := make([]string, len(keys))
 	for i, k := range keys {
@@ -326,16 +326,17 @@ func (b *Broker) repairBatch(ctx context.Context, keys []string) (int, error) {
 	for i, k := range keys {
 		states[i] = pipe.HGet(ctx, k, "s")
 	}
-	inReady := pipe.ZMScore(ctx, b.keys.ready, ids...)
 	inDelayed := pipe.ZMScore(ctx, b.keys.delayed, ids...)
 	inRunning := pipe.ZMScore(ctx, b.keys.running, ids...)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return 0, err
 	}
-	repaired := 0
+	var suspects []string
+	pipe = b.rdb.Pipeline()
+	var inReady []*goredis.FloatCmd
 	for i := range keys {
 		raw, err := states[i].Result()
-		if err != nil || inReady.Val()[i] != 0 || inDelayed.Val()[i] != 0 || inRunning.Val()[i] != 0 {
+		if err != nil || inDelayed.Val()[i] != 0 || inRunning.Val()[i] != 0 {
 			continue // gone, or where it belongs (no score is ever zero but a repaired lease)
 		}
 		var st state
@@ -345,7 +346,25 @@ func (b *Broker) repairBatch(ctx context.Context, keys []string) (int, error) {
 		if status, err := domain.ParseStatus(st.Status); err != nil || status.Finished() {
 			continue
 		}
-		n, err := b.scripts.repair.Run(ctx, b.rdb, b.keys.all(), b.keys.tag, ids[i]).Int()
+		suspects = append(suspects, ids[i])
+		if st.Status == domain.StatusPending.String() {
+			inReady = append(inReady, pipe.ZScore(ctx, b.keys.fifo(st.Type, st.Priority, st.Key), ids[i]))
+		} else {
+			inReady = append(inReady, nil)
+		}
+	}
+	if len(suspects) == 0 {
+		return 0, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return 0, err
+	}
+	repaired := 0
+	for i, id := range suspects {
+		if inReady[i] != nil && inReady[i].Err() == nil {
+			continue // in its FIFO
+		}
+		n, err := b.scripts.repair.Run(ctx, b.rdb, b.keys.all(), b.keys.tag, id).Int()
 		if err != nil {
 			return repaired, err
 		}

@@ -42,6 +42,8 @@ type recordV1 struct {
 // ARGV: tag, id, data, state, pttl_ms, old running member (or empty),
 // lease_ms, status, type, finish ms. Returns 1 when it converted it.
 var convertV1Script = goredis.NewScript(prelude + `
+-- (The first layout had no fairness keys and the second layout's ready
+-- set; migrateV2 moves its pending tasks on.)
 local id = ARGV[2]
 if redis.call('TYPE', rec(id)).ok ~= 'string' then return 0 end
 redis.call('DEL', rec(id))
@@ -114,7 +116,7 @@ func migrateV1(ctx context.Context, rdb *goredis.Client, k keys, instance string
 	if err := rdb.Del(ctx, oldFinished).Err(); err != nil {
 		return fmt.Errorf("migrate queue: %w", err)
 	}
-	if err := rdb.Set(ctx, k.schema, schemaVersion, 0).Err(); err != nil {
+	if err := rdb.Set(ctx, k.schema, "2", 0).Err(); err != nil {
 		return fmt.Errorf("migrate queue: %w", err)
 	}
 	log.WithFields(logrus.Fields{"tasks": converted, "running": len(running), "took_ms": time.Since(started).Milliseconds()}).
@@ -187,4 +189,38 @@ func convertV1(ctx context.Context, rdb *goredis.Client, k keys, key string, m g
 	}
 	return convertV1Script.Run(ctx, rdb, k.all(), k.tag, strings.TrimPrefix(key, k.task), rawData, string(rawState),
 		ttl.Val().Milliseconds(), member, leaseMs, st.Status, r.Type, finishedMs).Int()
+}
+
+// The second layout kept every pending task in one sorted set, {PREFIX}:ready,
+// scored (9 - priority) * 2^48 + seq. migrateV2 moves them, in order, into
+// the ready structure (see scripts.go), under the same lock as migrateV1.
+// An attempt that an instance of the second layout started keeps its
+// place in that score; place takes the sequence number out of it.
+func migrateV2(ctx context.Context, rdb *goredis.Client, k keys, sc scripts, instance string, log logrus.FieldLogger) error {
+	lock := k.schema + ":migrating"
+	ok, err := rdb.SetNX(ctx, lock, instance, 10*time.Minute).Result()
+	if err != nil {
+		return fmt.Errorf("migrate queue: %w", err)
+	}
+	if !ok {
+		return errors.New("another instance is converting this queue from the older key layout; start again when it is done")
+	}
+	defer rdb.Del(context.WithoutCancel(ctx), lock)
+	started := time.Now()
+	moved, _ := rdb.ZCard(ctx, k.readyV2).Result()
+	for {
+		left, err := sc.convertV2.Run(ctx, rdb, k.all(), k.tag, k.readyV2).Int64()
+		if err != nil {
+			return fmt.Errorf("migrate queue: move pending tasks: %w", err)
+		}
+		if left == 0 {
+			break
+		}
+	}
+	if err := rdb.Set(ctx, k.schema, schemaVersion, 0).Err(); err != nil {
+		return fmt.Errorf("migrate queue: %w", err)
+	}
+	log.WithFields(logrus.Fields{"pending": moved, "took_ms": time.Since(started).Milliseconds()}).
+		Warn("converted the queue to the key layout with per-type queues and fairness keys")
+	return nil
 }

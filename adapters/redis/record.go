@@ -18,9 +18,9 @@ import (
 //     "c": created (Unix ns), "p": the payload exactly as submitted}.
 //   - s, the state, rewritten on every move (by Go, or by the scripts with
 //     cjson): type and priority (the scripts need them), status, attempts,
-//     retries used, last error and times; while an attempt runs also its
-//     lease token (k), lease deadline (l, Unix ms), instance (i) and place
-//     in the ready set (q).
+//     retries used, last error and times, fairness key (fk); while an
+//     attempt runs also its lease token (k), lease deadline (l, Unix ms),
+//     instance (i) and place in its key's ready FIFO (q).
 //   - r, the result of the attempt that succeeded, if it returned one.
 //
 // Numbers that may pass 14 significant digits (times, scores) are decimal
@@ -61,6 +61,7 @@ type state struct {
 	Next        string `json:"n,omitempty"`
 	RunAt       string `json:"ra,omitempty"`
 	Truncated   bool   `json:"rt,omitempty"` // the result was cut
+	Key         string `json:"fk,omitempty"`
 	Token       string `json:"k,omitempty"`
 	Lease       string `json:"l,omitempty"`
 	Instance    string `json:"i,omitempty"`
@@ -110,6 +111,7 @@ func encodeState(t *domain.Task, token string) (string, error) {
 		Next:      nanos(s.NextAttemptAt),
 		RunAt:     nanos(s.RunAt),
 		Truncated: s.Result.Truncated,
+		Key:       s.Key,
 		Token:     token,
 	})
 	return string(b), err
@@ -155,6 +157,7 @@ func decodeRecord(id uuid.UUID, rawData, rawState, result string) (*domain.Task,
 		NextAttemptAt: fromNanos(s.Next),
 		RunAt:         fromNanos(s.RunAt),
 		Result:        domain.Result{Data: bytesOrNil(result), Truncated: s.Truncated},
+		Key:           s.Key,
 	})
 	if err != nil {
 		return nil, s, fmt.Errorf("task %s: %w", id, err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,9 +65,23 @@ func newBroker(t testing.TB, prefix string, edit func(*redis.Options)) *redis.Br
 
 func TestContract(t *testing.T) {
 	redisURL(t)
+	shared := map[string]string{} // test and queue name → prefix
+	var mu sync.Mutex
 	brokertest.Run(t, func(t *testing.T, cfg brokertest.Config) ports.Broker {
-		return newBroker(t, newPrefix(t), func(o *redis.Options) {
+		prefix := ""
+		if cfg.Queue != "" {
+			mu.Lock()
+			if prefix = shared[t.Name()+"/"+cfg.Queue]; prefix == "" {
+				prefix = newPrefix(t)
+				shared[t.Name()+"/"+cfg.Queue] = prefix
+			}
+			mu.Unlock()
+		} else {
+			prefix = newPrefix(t)
+		}
+		return newBroker(t, prefix, func(o *redis.Options) {
 			o.QueueSize, o.Retention = cfg.QueueSize, cfg.Retention
+			o.Types, o.Limits, o.KeyConcurrency, o.Aging = cfg.Types, cfg.Limits, cfg.KeyConcurrency, cfg.Aging
 		})
 	})
 }
@@ -270,7 +285,7 @@ func TestPendingTaskMissingFromItsSetIsPutBack(t *testing.T) {
 	opts, _ := goredis.ParseURL(redisURL(t))
 	c := goredis.NewClient(opts)
 	defer c.Close()
-	c.ZRem(ctx5(t), "{"+prefix+"}:ready", task.ID().String())
+	c.ZRem(ctx5(t), "{"+prefix+"}:q|"+task.Type()+"|3|", task.ID().String())
 	gotAtt, err := b.Dequeue(ctx5(t))
 	got := gotAtt.Task
 	if err != nil || got.ID() != task.ID() || got.Attempts() != 1 {

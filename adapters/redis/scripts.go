@@ -5,19 +5,31 @@ import goredis "github.com/redis/go-redis/v9"
 // The scripts make every multi-key change atomic; they store and fence
 // what the domain decided in Go, and decide nothing themselves beyond
 // keeping each task in the set, the index and the counter of its status.
+// Where a decision must be taken inside the script to be atomic (which
+// pending task goes next, whether a type is under its limits), the
+// script carries out the domain's rule (domain.Candidate.Outranks,
+// domain.EffectiveLevel, domain.TypeLimits.Take) and a test holds the two
+// to the same answers (TestScriptsFollowTheDomain).
 //
 // Every script takes the same KEYS (see keys.all) and the queue's tag
-// "{PREFIX}:" as ARGV[1]; task records ("t:<id>") and list indexes
-// ("idx:<status>:<type>") are built from the tag, so all keys of a queue
-// share one Cluster slot.
+// "{PREFIX}:" as ARGV[1]; task records ("t:<id>"), list indexes
+// ("idx:<status>:<type>") and the ready structure are built from the tag,
+// so all keys of a queue share one Cluster slot. Type names cannot hold
+// '|', so it separates the parts of those names.
 //
 // Where a task is kept, by status:
-//   - pending: ready, scored (9 - priority) * 2^48 + seq: ZPOPMIN gives the
-//     highest priority first and, within it, the lowest sequence number:
-//     one global order for every instance;
+//   - pending: the ready structure, per type, priority and fairness key:
+//     q|<type>|<priority>|<key> holds the key's tasks scored by sequence
+//     number (FIFO); rr|<type>|<priority> is the round-robin of keys that
+//     have tasks there, scored by turn; lv|<type> holds the priorities
+//     that have a key in their round-robin. A key at its concurrency
+//     limit leaves its round-robins and waits in blk|<key> until one of
+//     its attempts ends. The counter pending counts them all, and ptypes
+//     names the types that have any;
 //   - scheduled, retrying: delayed, scored by due time (ms);
 //   - running: running, scored by lease deadline (ms); the record's state
-//     carries the attempt's token, which fences its outcome;
+//     carries the attempt's token, which fences its outcome; krun counts
+//     the running attempts of each fairness key;
 //   - succeeded: finished; failed and cancelled: dead. Both scored by finish
 //     time (ms), with members "id|status|type", so trimming them needs no
 //     record (which may have expired).
@@ -25,6 +37,12 @@ import goredis "github.com/redis/go-redis/v9"
 // Every status but running also indexes the task in idx:<status>:<type>
 // (all scores 0, so ids sort as strings: UUIDv7 strings sort by time), and
 // the hash counts holds one counter per "status|type".
+//
+// Flow control keeps its shared state here too: paused (the paused
+// types), buckets (each rate-limited type's token bucket, "tokens:ms"),
+// cwait (types found at their concurrency limit: the end of one of their
+// attempts wakes a fetcher) and the wake lists: wake|<type> for
+// instances that run that type, wake for those that run every type.
 //
 // Numbers past 2^47 are passed to redis.call as strings formatted with
 // %.0f, because Lua's default conversion keeps only 14 significant digits.
@@ -50,26 +68,97 @@ func (s script) build(flags bool) *goredis.Script {
 }
 
 // prelude names the keys and holds what every script shares: where a task
-// of each status is kept (place and unplace), and promotion of due tasks.
+// of each status is kept (place and unplace), the ready structure, and
+// promotion of due tasks.
 const prelude = `
 local TAG = ARGV[1]
-local READY, RUNNING, DELAYED, FINISHED, DEAD, SEQ, WAKE, COUNTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local PENDING, RUNNING, DELAYED, FINISHED, DEAD, SEQ, WAKE, COUNTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local PTYPES, PAUSED, BUCKETS, KRUN, CWAIT = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local BAND = 281474976710656
 local function rec(id) return TAG .. 't:' .. id end
 local function idx(st, ty) return TAG .. 'idx:' .. st .. ':' .. ty end
-local function score(pr, seq)
-  return string.format('%.0f', (9 - tonumber(pr)) * 281474976710656 + seq)
+local function levels(ty) return TAG .. 'lv|' .. ty end
+local function turns(ty, pr) return TAG .. 'rr|' .. ty .. '|' .. pr end
+local function fifo(ty, pr, key) return TAG .. 'q|' .. ty .. '|' .. pr .. '|' .. key end
+local function blocked(key) return TAG .. 'blk|' .. key end
+local function num(x) return string.format('%.0f', x) end
+local function push_wake(k)
+  if redis.call('LLEN', k) < 64 then redis.call('LPUSH', k, 1) end
 end
-local function wake()
-  if redis.call('LLEN', WAKE) < 64 then redis.call('LPUSH', WAKE, 1) end
+-- wake tells idle fetchers that a task of type ty may be ready: those of
+-- instances that run ty, and those of instances that run every type.
+local function wake(ty)
+  push_wake(WAKE .. '|' .. ty)
+  push_wake(WAKE)
 end
 local function finished_set(st)
   if st == 'succeeded' then return FINISHED end
   return DEAD
 end
--- unindex takes a task out of the index and counter of status st.
+-- index and unindex put a task into and out of the list index and the
+-- counter of status st (running tasks are counted, not indexed).
+local function index(id, st, ty)
+  if st ~= 'running' then redis.call('ZADD', idx(st, ty), 0, id) end
+  local n = redis.call('HINCRBY', COUNTS, st .. '|' .. ty, 1)
+  if st == 'pending' and n == 1 then redis.call('SADD', PTYPES, ty) end
+end
 local function unindex(id, st, ty)
   if st ~= 'running' then redis.call('ZREM', idx(st, ty), id) end
-  redis.call('HINCRBY', COUNTS, st .. '|' .. ty, -1)
+  local n = redis.call('HINCRBY', COUNTS, st .. '|' .. ty, -1)
+  if st == 'pending' and n <= 0 then redis.call('SREM', PTYPES, ty) end
+end
+-- enter gives key a turn in the round-robin of (ty, pr), at the back, or
+-- at the front for a task handed back, unless it has one.
+local function enter(ty, pr, key, front)
+  local rr = turns(ty, pr)
+  if redis.call('ZSCORE', rr, key) then return end
+  local turn
+  local first = front and redis.call('ZRANGE', rr, 0, 0, 'WITHSCORES') or {}
+  if #first > 0 then turn = tonumber(first[2]) - 1 else turn = redis.call('INCR', SEQ) end
+  redis.call('ZADD', rr, num(turn), key)
+  redis.call('ZADD', levels(ty), 9 - tonumber(pr), pr)
+  wake(ty)
+end
+-- leave takes key out of the round-robin of (ty, pr): it has nothing
+-- left there.
+local function leave(ty, pr, key)
+  local rr = turns(ty, pr)
+  redis.call('ZREM', rr, key)
+  if redis.call('EXISTS', rr) == 0 then redis.call('ZREM', levels(ty), pr) end
+  if key ~= '' then redis.call('SREM', blocked(key), ty .. '|' .. pr) end
+end
+-- enqueue_ready puts a pending task into its key's FIFO: at seq (its old
+-- place, when handed back: the key goes to the front of the round-robin)
+-- or at the back ('').
+local function enqueue_ready(id, ty, pr, key, seq)
+  local front = seq ~= ''
+  if front then seq = tonumber(seq) % BAND else seq = redis.call('INCR', SEQ) end
+  if redis.call('ZADD', fifo(ty, pr, key), num(seq), id) == 1 then redis.call('INCR', PENDING) end
+  if key == '' or redis.call('SISMEMBER', blocked(key), ty .. '|' .. pr) == 0 then enter(ty, pr, key, front) end
+end
+local function dequeue_ready(id, ty, pr, key)
+  local q = fifo(ty, pr, key)
+  if redis.call('ZREM', q, id) == 1 then redis.call('DECR', PENDING) end
+  if redis.call('EXISTS', q) == 0 then leave(ty, pr, key) end
+end
+-- end_run counts an attempt of key out: the key's tasks that waited for
+-- its concurrency limit take turns again (if it is still at its limit,
+-- the next dequeue sets them aside again), and a type that waited for a
+-- free slot wakes a fetcher.
+local function end_run(ty, key)
+  if key ~= '' then
+    if redis.call('HINCRBY', KRUN, key, -1) <= 0 then redis.call('HDEL', KRUN, key) end
+    local at = redis.call('SMEMBERS', blocked(key))
+    if #at > 0 then
+      table.sort(at)
+      redis.call('DEL', blocked(key))
+      for _, m in ipairs(at) do
+        local t, p = string.match(m, '^(.*)|(%d)$')
+        if t and redis.call('EXISTS', fifo(t, p, key)) == 1 then enter(t, p, key, false) end
+      end
+    end
+  end
+  if redis.call('SREM', CWAIT, ty) == 1 then wake(ty) end
 end
 -- forget drops a finished task whose set member is m ("id|status|type"),
 -- already out of its set.
@@ -81,10 +170,12 @@ local function forget(m)
   end
 end
 -- unplace takes a task out of the set, index and counter of status st.
-local function unplace(id, st, ty)
-  if st == 'pending' then redis.call('ZREM', READY, id)
+local function unplace(id, st, ty, pr, key)
+  if st == 'pending' then dequeue_ready(id, ty, pr, key)
   elseif st == 'scheduled' or st == 'retrying' then redis.call('ZREM', DELAYED, id)
-  elseif st == 'running' then redis.call('ZREM', RUNNING, id)
+  elseif st == 'running' then
+    redis.call('ZREM', RUNNING, id)
+    end_run(ty, key)
   else
     redis.call('ZREM', finished_set(st), id .. '|' .. st .. '|' .. ty)
     redis.call('PERSIST', rec(id))
@@ -92,17 +183,17 @@ local function unplace(id, st, ty)
   unindex(id, st, ty)
 end
 -- place puts a task into the set, index and counter of status st. at is
--- the score: for pending its old place ('' for the back of its priority),
--- for scheduled and retrying the due time, for running the lease
--- deadline, for a finished task the finish time; keep and cap are the
--- finished task's retention (ms; 0 drops it at once) and cap (0: none).
--- It returns false when the task was dropped.
-local function place(id, st, ty, pr, at, keep, cap)
-  if st == 'pending' then
-    if at == '' then at = score(pr, redis.call('INCR', SEQ)) end
-    redis.call('ZADD', READY, at, id)
+-- for pending its old place in its key's FIFO ('' for the back), for
+-- scheduled and retrying the due time, for running the lease deadline,
+-- for a finished task the finish time; keep and cap are the finished
+-- task's retention (ms; 0 drops it at once) and cap (0: none). It
+-- returns false when the task was dropped.
+local function place(id, st, ty, pr, key, at, keep, cap)
+  if st == 'pending' then enqueue_ready(id, ty, pr, key, at)
   elseif st == 'scheduled' or st == 'retrying' then redis.call('ZADD', DELAYED, at, id)
-  elseif st == 'running' then redis.call('ZADD', RUNNING, at, id)
+  elseif st == 'running' then
+    redis.call('ZADD', RUNNING, at, id)
+    if key ~= '' then redis.call('HINCRBY', KRUN, key, 1) end
   else
     if tonumber(keep) <= 0 then
       redis.call('DEL', rec(id))
@@ -119,89 +210,231 @@ local function place(id, st, ty, pr, at, keep, cap)
       end
     end
   end
-  if st ~= 'running' then redis.call('ZADD', idx(st, ty), 0, id) end
-  redis.call('HINCRBY', COUNTS, st .. '|' .. ty, 1)
+  index(id, st, ty)
   return true
 end
--- place does not wake idle fetchers: the caller does when it makes tasks
--- pending (idle fetchers sleep only when they found ready empty).
+-- waiting counts the tasks waiting to run, which the queue size bounds.
+local function waiting()
+  return tonumber(redis.call('GET', PENDING) or '0') + redis.call('ZCARD', DELAYED)
+end
 -- promote makes up to limit scheduled and retrying tasks whose due time
--- (ms) has come pending, at the back of their priority; they were counted
--- against the bound all along, so nothing refuses them.
+-- (ms) has come pending, at the back of their key's FIFO; they were
+-- counted against the bound all along, so nothing refuses them.
 local function promote(now_ms, now_ns, limit)
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now_ms, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     local raw = redis.call('HGET', rec(id), 's')
     if raw then
       local st = cjson.decode(raw)
-      unplace(id, st.s, st.ty)
+      unplace(id, st.s, st.ty, st.pr, st.fk or '')
       st.s = 'pending'; st.n = nil; st.u = now_ns
       redis.call('HSET', rec(id), 's', cjson.encode(st))
-      place(id, 'pending', st.ty, st.pr, '', 0, 0)
+      place(id, 'pending', st.ty, st.pr, st.fk or '', '', 0, 0)
     else
       redis.call('ZREM', DELAYED, id)
     end
   end
-  if #due > 0 then wake() end
   return #due
+end
+-- take is domain.TypeLimits.Take on the bucket of type ty (rate tokens
+-- per period_ms, holding up to rate): it reports whether a token is
+-- there, takes it when commit is set, and otherwise says in how many ms
+-- one will be.
+local function take(ty, rate, period_ms, now_ms, commit)
+  local tokens = rate
+  local raw = redis.call('HGET', BUCKETS, ty)
+  if raw then
+    local t, at = string.match(raw, '^([^:]*):(.*)$')
+    tokens = math.min(rate, tonumber(t) + math.max(0, now_ms - tonumber(at)) * rate / period_ms)
+  end
+  if tokens >= 1 then
+    if commit then redis.call('HSET', BUCKETS, ty, string.format('%.17g', tokens - 1) .. ':' .. num(now_ms)) end
+    return true, 0
+  end
+  return false, math.max(1, math.ceil((1 - tokens) * period_ms / rate))
+end
+-- effective is domain.EffectiveLevel: one level up per aging_ms waited.
+local function effective(level, waited_ms, aging_ms)
+  if aging_ms <= 0 or waited_ms < aging_ms then return level end
+  return math.min(9, level + math.min(math.floor(waited_ms / aging_ms), 9))
+end
+-- outranks is domain.Candidate.Outranks on candidates that carry their
+-- effective level (eff) and sequence number (seq).
+local function outranks(c, o)
+  if c.eff ~= o.eff then return c.eff > o.eff end
+  return c.seq < o.seq
 end
 `
 
 // enqueueScript stores new tasks, all or none, unless the queue cannot
 // take them all under its limit of tasks waiting to run.
 // ARGV: tag, limit, then per task: id, data, state, status, type,
-// priority, due ms (scheduled) or ”.
+// priority, due ms (scheduled) or ”, fairness key.
 // Returns 1 when stored, 0 when full, -1 when an id exists.
 var enqueueScript = script{body: prelude + `
-local n = (#ARGV - 2) / 7
-local pending = redis.call('ZCARD', READY)
-if pending + redis.call('ZCARD', DELAYED) + n > tonumber(ARGV[2]) then return 0 end
-for i = 3, #ARGV, 7 do
+local n = (#ARGV - 2) / 8
+if waiting() + n > tonumber(ARGV[2]) then return 0 end
+for i = 3, #ARGV, 8 do
   if redis.call('EXISTS', rec(ARGV[i])) == 1 then return -1 end
 end
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   redis.call('HSET', rec(ARGV[i]), 'd', ARGV[i + 1], 's', ARGV[i + 2])
   local at = ''
   if ARGV[i + 3] == 'scheduled' then at = ARGV[i + 6] end
-  place(ARGV[i], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], at, 0, 0)
+  place(ARGV[i], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 7], at, 0, 0)
 end
--- Only the first task into an empty ready set needs to wake a fetcher;
--- dequeue passes the wake-up on while tasks remain.
-if pending == 0 and redis.call('ZCARD', READY) > 0 then redis.call('LPUSH', WAKE, 1) end
 return 1
 `}
 
-// dequeueScript promotes due tasks, then starts up to count pending tasks:
-// each one's state becomes running with its attempt number one higher, its
-// token, lease deadline and instance, and it moves from ready to running,
-// in one step.
-// ARGV: tag, now_ms, now_ns, lease_ms, count, token prefix, instance.
-// Returns {ready left, earliest due ms or -1, id, data, state, ...}.
+// dequeueScript promotes due tasks, then starts up to count pending tasks,
+// each time the one that goes next (domain.Candidate.Outranks) among the
+// heads of the types this instance may start now: it runs them, they are
+// not paused, under their concurrency limit and with a rate token, and
+// the front key of the round-robin is under the key limit. Each task's
+// state becomes running with its attempt number one higher, its token,
+// lease deadline and instance, and it moves from its FIFO to running, in
+// one step. A key that had its turn goes to the back of its round-robin.
+// ARGV: tag, now_ms, now_ns, lease_ms, count, token prefix, instance,
+// aging_ms (0: strict order), key limit (0: none), 'only' (the types
+// listed) or 'all' (every type with pending tasks), then per type: name,
+// concurrency, rate, period_ms (0 for no limit).
+// Returns {started, earliest due ms or -1, id, data, state, ...}: the
+// earliest time a delayed task is due or a rate token comes.
 var dequeueScript = script{allowOOM: true, body: prelude + `
+local now_ms = tonumber(ARGV[2])
 promote(ARGV[2], ARGV[3], 100)
-local out = {0, -1}
-local popped = redis.call('ZPOPMIN', READY, tonumber(ARGV[5]))
-local deadline = string.format('%.0f', tonumber(ARGV[2]) + tonumber(ARGV[4]))
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local fields = redis.call('HMGET', rec(id), 'd', 's')
-  if fields[1] and fields[2] then
-    local st = cjson.decode(fields[2])
-    unindex(id, 'pending', st.ty)
-    st.ps = st.st; st.pu = st.u
-    st.s = 'running'; st.a = st.a + 1; st.st = ARGV[3]; st.u = ARGV[3]; st.n = nil
-    st.k = ARGV[6] .. ':' .. ((i + 1) / 2); st.l = deadline; st.i = ARGV[7]; st.q = popped[i + 1]
-    local enc = cjson.encode(st)
-    redis.call('HSET', rec(id), 's', enc)
-    place(id, 'running', st.ty, st.pr, deadline, 0, 0)
-    table.insert(out, id); table.insert(out, fields[1]); table.insert(out, enc)
+local count, aging, keylimit = tonumber(ARGV[5]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local limits, types = {}, {}
+for i = 11, #ARGV, 4 do
+  limits[ARGV[i]] = {c = tonumber(ARGV[i + 1]), r = tonumber(ARGV[i + 2]), p = tonumber(ARGV[i + 3])}
+  table.insert(types, ARGV[i])
+end
+if ARGV[10] == 'all' then
+  types = redis.call('SMEMBERS', PTYPES)
+  table.sort(types)
+end
+local rate_wait = -1
+-- eligible reports whether an attempt of ty may start now.
+local function eligible(ty)
+  if redis.call('EXISTS', levels(ty)) == 0 then return false end
+  if redis.call('SISMEMBER', PAUSED, ty) == 1 then return false end
+  local l = limits[ty]
+  if not l then return true end
+  if l.c > 0 and tonumber(redis.call('HGET', COUNTS, 'running|' .. ty) or '0') >= l.c then
+    redis.call('SADD', CWAIT, ty)
+    return false
+  end
+  if l.r > 0 then
+    local ok, w = take(ty, l.r, l.p, now_ms, false)
+    if not ok then
+      if rate_wait < 0 or w < rate_wait then rate_wait = w end
+      return false
+    end
+  end
+  return true
+end
+-- head returns the task whose turn it is at (ty, pr): the oldest of the
+-- front key of the round-robin. Keys at their limit leave the round-robin.
+local function head(ty, pr)
+  local rr = turns(ty, pr)
+  while true do
+    local front = redis.call('ZRANGE', rr, 0, 0)
+    if #front == 0 then
+      redis.call('ZREM', levels(ty), pr)
+      return nil
+    end
+    local key = front[1]
+    if keylimit > 0 and key ~= '' and tonumber(redis.call('HGET', KRUN, key) or '0') >= keylimit then
+      redis.call('ZREM', rr, key)
+      redis.call('SADD', blocked(key), ty .. '|' .. pr)
+    else
+      local first = redis.call('ZRANGE', fifo(ty, pr, key), 0, 0, 'WITHSCORES')
+      if #first > 0 then
+        return {ty = ty, pr = pr, key = key, id = first[1], seq = tonumber(first[2]), eff = tonumber(pr)}
+      end
+      redis.call('ZREM', rr, key)
+    end
+    if redis.call('EXISTS', rr) == 0 then redis.call('ZREM', levels(ty), pr) end
   end
 end
-local left = redis.call('ZCARD', READY)
-out[1] = left
-if left > 0 and redis.call('LLEN', WAKE) == 0 then redis.call('LPUSH', WAKE, 1) end
+-- candidate returns the task of ty that goes next, or false.
+local function candidate(ty)
+  if not eligible(ty) then return false end
+  if aging <= 0 then
+    while true do
+      local top = redis.call('ZRANGE', levels(ty), 0, 0)
+      if #top == 0 then return false end
+      local c = head(ty, top[1])
+      if c then return c end
+    end
+  end
+  local best = false
+  for _, pr in ipairs(redis.call('ZRANGE', levels(ty), 0, -1)) do
+    local c = head(ty, pr)
+    if c then
+      local raw = redis.call('HGET', rec(c.id), 's')
+      local since = raw and tonumber(cjson.decode(raw).u) or 0
+      c.eff = effective(c.eff, now_ms - since / 1000000, aging)
+      if not best or outranks(c, best) then best = c end
+    end
+  end
+  return best
+end
+local cands = {}
+for i, ty in ipairs(types) do cands[i] = candidate(ty) end
+local deadline = num(now_ms + tonumber(ARGV[4]))
+local out = {0, -1}
+local started = 0
+while started < count do
+  local bi = nil
+  for i, c in ipairs(cands) do
+    if c and (not bi or outranks(c, cands[bi])) then bi = i end
+  end
+  if not bi then break end
+  local c = cands[bi]
+  local q = fifo(c.ty, c.pr, c.key)
+  redis.call('ZREM', q, c.id)
+  redis.call('DECR', PENDING)
+  if redis.call('EXISTS', q) == 0 then
+    leave(c.ty, c.pr, c.key)
+  elseif redis.call('ZCARD', turns(c.ty, c.pr)) > 1 then
+    redis.call('ZADD', turns(c.ty, c.pr), redis.call('INCR', SEQ), c.key)
+  end
+  local fields = redis.call('HMGET', rec(c.id), 'd', 's')
+  if fields[1] and fields[2] then
+    local st = cjson.decode(fields[2])
+    unindex(c.id, 'pending', st.ty)
+    st.ps = st.st; st.pu = st.u
+    st.s = 'running'; st.a = st.a + 1; st.st = ARGV[3]; st.u = ARGV[3]; st.n = nil
+    st.k = ARGV[6] .. ':' .. (started + 1); st.l = deadline; st.i = ARGV[7]; st.q = num(c.seq)
+    local enc = cjson.encode(st)
+    redis.call('HSET', rec(c.id), 's', enc)
+    place(c.id, 'running', st.ty, st.pr, c.key, deadline, 0, 0)
+    local l = limits[c.ty]
+    if l and l.r > 0 then take(c.ty, l.r, l.p, now_ms, true) end
+    table.insert(out, c.id); table.insert(out, fields[1]); table.insert(out, enc)
+    started = started + 1
+  end
+  cands[bi] = candidate(c.ty)
+  if keylimit > 0 and c.key ~= '' then
+    for i, o in ipairs(cands) do
+      if o and i ~= bi and o.key == c.key then cands[i] = candidate(o.ty) end
+    end
+  end
+end
+out[1] = started
+-- Pass the wake-up on: tasks this call could not take may be another
+-- instance's to take.
+if started == count then
+  for _, c in ipairs(cands) do
+    if c then wake(c.ty) end
+  end
+end
 local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
-if #first > 0 then out[2] = tonumber(first[2]) end
+local due = -1
+if #first > 0 then due = tonumber(first[2]) end
+if rate_wait >= 0 and (due < 0 or now_ms + rate_wait < due) then due = now_ms + rate_wait end
+out[2] = due
 return out
 `}
 
@@ -210,10 +443,10 @@ return out
 // also requires the lease to have run out by then (recovery of a dead
 // instance's task).
 // ARGV: tag, id, token, state, status, at, keep, cap, expired_ms, result.
-// at is the due time (retrying), the old ready score (pending: handed
-// back) or the finish time; keep and cap as for place; result, when not
-// empty, is stored in the record's field r (a task that runs again has
-// none: updateScript removes it).
+// at is the due time (retrying), the old place in its key's FIFO
+// (pending: handed back) or the finish time; keep and cap as for place;
+// result, when not empty, is stored in the record's field r (a task that
+// runs again has none: updateScript removes it).
 // Returns 1 when stored, 2 when this attempt's owner already stored it
 // (a retry after a lost reply), 0 when the attempt is no longer current.
 var settleScript = script{allowOOM: true, body: prelude + `
@@ -227,11 +460,10 @@ if ARGV[9] ~= '' then
   local lease = redis.call('ZSCORE', RUNNING, id)
   if lease and tonumber(lease) > tonumber(ARGV[9]) then return 0 end
 end
-unplace(id, 'running', cur.ty)
+unplace(id, 'running', cur.ty, cur.pr, cur.fk or '')
 redis.call('HSET', rec(id), 's', ARGV[4])
 if ARGV[10] ~= '' then redis.call('HSET', rec(id), 'r', ARGV[10]) end
-place(id, ARGV[5], cur.ty, cur.pr, ARGV[6], ARGV[7], ARGV[8])
-if ARGV[5] ~= 'succeeded' and ARGV[5] ~= 'failed' then wake() end
+place(id, ARGV[5], cur.ty, cur.pr, cur.fk or '', ARGV[6], ARGV[7], ARGV[8])
 return 1
 `}
 
@@ -248,15 +480,15 @@ local id = ARGV[2]
 local raw = redis.call('HGET', rec(id), 's')
 if not raw then return 'gone' end
 if raw ~= ARGV[3] then return 'conflict' end
-local waiting = {scheduled = true, pending = true, retrying = true}
-if waiting[ARGV[6]] and not waiting[ARGV[5]] then
-  if redis.call('ZCARD', READY) + redis.call('ZCARD', DELAYED) >= tonumber(ARGV[12]) then return 'full' end
+local key = cjson.decode(raw).fk or ''
+local waits = {scheduled = true, pending = true, retrying = true}
+if waits[ARGV[6]] and not waits[ARGV[5]] then
+  if waiting() >= tonumber(ARGV[12]) then return 'full' end
 end
-unplace(id, ARGV[5], ARGV[7])
+unplace(id, ARGV[5], ARGV[7], ARGV[8], key)
 redis.call('HSET', rec(id), 's', ARGV[4])
 if ARGV[6] ~= 'succeeded' then redis.call('HDEL', rec(id), 'r') end
-place(id, ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-if ARGV[6] == 'pending' then wake() end
+place(id, ARGV[6], ARGV[7], ARGV[8], key, ARGV[9], ARGV[10], ARGV[11])
 return 'ok'
 `}
 
@@ -268,7 +500,8 @@ local id = ARGV[2]
 local raw = redis.call('HGET', rec(id), 's')
 if not raw then return 'gone' end
 if raw ~= ARGV[3] then return 'conflict' end
-unplace(id, ARGV[4], ARGV[5])
+local st = cjson.decode(raw)
+unplace(id, ARGV[4], ARGV[5], st.pr, st.fk or '')
 redis.call('DEL', rec(id))
 return 'ok'
 `}
@@ -313,20 +546,20 @@ return gone
 
 // undoScript puts back attempts that were started but never given to a
 // handler, as if they had never started: the attempt count, start and
-// update times go back, and the task returns to its old place in the
-// ready set. It takes either (id, token) pairs, or token prefixes of
-// dequeue calls whose reply was lost (then it looks through the running
-// set, which only happens after an outage).
+// update times go back, and the task returns to its old place in its
+// key's FIFO, its key to the front of the round-robin. It takes either
+// (id, token) pairs, or token prefixes of dequeue calls whose reply was
+// lost (then it looks through the running set, which only happens after
+// an outage).
 // ARGV: tag, 'ids' or 'prefixes', ... Returns how many it put back.
 var undoScript = script{allowOOM: true, body: prelude + `
 local function undo(id, st)
   local q = st.q
-  unplace(id, 'running', st.ty)
+  unplace(id, 'running', st.ty, st.pr, st.fk or '')
   st.s = 'pending'; st.a = st.a - 1; st.st = st.ps; st.u = st.pu
   st.ps = nil; st.pu = nil; st.k = nil; st.l = nil; st.i = nil; st.q = nil
   redis.call('HSET', rec(id), 's', cjson.encode(st))
-  place(id, 'pending', st.ty, st.pr, q, 0, 0)
-  wake()
+  place(id, 'pending', st.ty, st.pr, st.fk or '', q, 0, 0)
 end
 local function running_state(id)
   local raw = redis.call('HGET', rec(id), 's')
@@ -372,25 +605,27 @@ end
 return redis.call('ZRANGEBYSCORE', RUNNING, '-inf', ARGV[2], 'LIMIT', 0, 100)
 `}
 
-// statsScript returns the counters and, per priority, the state of the
-// task that has waited longest in ready (the lowest score of its band).
+// statsScript returns the counters and the state of each task next in
+// line: per type with pending tasks, per priority, the oldest task of the
+// key whose turn it is.
 // ARGV: tag. Returns {counts (flat field, value, ...), state, state, ...}.
 var statsScript = script{allowOOM: true, body: prelude + `
 local out = {redis.call('HGETALL', COUNTS)}
-for p = 0, 9 do
-  local low = string.format('%.0f', (9 - p) * 281474976710656)
-  local high = '(' .. string.format('%.0f', (10 - p) * 281474976710656)
-  local first = redis.call('ZRANGEBYSCORE', READY, low, high, 'LIMIT', 0, 1)
-  if #first > 0 then
-    local raw = redis.call('HGET', rec(first[1]), 's')
-    if raw then table.insert(out, raw) end
+for _, ty in ipairs(redis.call('SMEMBERS', PTYPES)) do
+  for _, pr in ipairs(redis.call('ZRANGE', levels(ty), 0, -1)) do
+    local key = redis.call('ZRANGE', turns(ty, pr), 0, 0)
+    if #key > 0 then
+      local first = redis.call('ZRANGE', fifo(ty, pr, key[1]), 0, 0)
+      local raw = #first > 0 and redis.call('HGET', rec(first[1]), 's')
+      if raw then table.insert(out, raw) end
+    end
   end
 end
 return out
 `}
 
 // repairScript puts a task that no set holds back where its state says it
-// belongs, index included (its counter is left as it is). A running task
+// belongs, index included (its counters are left as they are). A running task
 // with no lease gets an expired one, so recovery fails that attempt under
 // the retry policy.
 // ARGV: tag, id. Returns 1 when it repaired something.
@@ -398,13 +633,15 @@ var repairScript = script{allowOOM: true, body: prelude + `
 local id = ARGV[2]
 local raw = redis.call('HGET', rec(id), 's')
 if not raw then return 0 end
-for _, set in ipairs({READY, DELAYED, RUNNING}) do
+local st = cjson.decode(raw)
+local key = st.fk or ''
+if redis.call('ZSCORE', fifo(st.ty, st.pr, key), id) then return 0 end
+for _, set in ipairs({DELAYED, RUNNING}) do
   if redis.call('ZSCORE', set, id) then return 0 end
 end
-local st = cjson.decode(raw)
 if st.s == 'pending' then
-  redis.call('ZADD', READY, score(st.pr, redis.call('INCR', SEQ)), id)
-  wake()
+  enqueue_ready(id, st.ty, st.pr, key, '')
+  redis.call('DECR', PENDING) -- it counted all along
 elseif st.s == 'retrying' then
   redis.call('ZADD', DELAYED, string.format('%.0f', math.floor(tonumber(st.n or '0') / 1000000)), id)
 elseif st.s == 'scheduled' then
@@ -417,4 +654,22 @@ else
 end
 redis.call('ZADD', idx(st.s, st.ty), 0, id)
 return 1
+`}
+
+// convertV2Script moves up to 500 pending tasks from the second layout's
+// one ready set (scored (9 - priority) * 2^48 + seq) into the ready
+// structure, in order; they are indexed and counted already.
+// ARGV: tag, old ready key. Returns how many are left to move.
+var convertV2Script = script{allowOOM: true, body: prelude + `
+local popped = redis.call('ZPOPMIN', ARGV[2], 500)
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  local raw = redis.call('HGET', rec(id), 's')
+  if raw then
+    local st = cjson.decode(raw)
+    enqueue_ready(id, st.ty, st.pr, st.fk or '', popped[i + 1])
+    redis.call('SADD', PTYPES, st.ty)
+  end
+end
+return redis.call('ZCARD', ARGV[2])
 `}

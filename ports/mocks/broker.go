@@ -311,6 +311,72 @@ func (mr *MockIdempotencyStoreMockRecorder) Reserve(ctx, key, fingerprint, hold 
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Reserve", reflect.TypeOf((*MockIdempotencyStore)(nil).Reserve), ctx, key, fingerprint, hold)
 }
 
+// MockTypeAdmin is a mock of TypeAdmin interface.
+type MockTypeAdmin struct {
+	ctrl     *gomock.Controller
+	recorder *MockTypeAdminMockRecorder
+}
+
+// MockTypeAdminMockRecorder is the mock recorder for MockTypeAdmin.
+type MockTypeAdminMockRecorder struct {
+	mock *MockTypeAdmin
+}
+
+// NewMockTypeAdmin creates a new mock instance.
+func NewMockTypeAdmin(ctrl *gomock.Controller) *MockTypeAdmin {
+	mock := &MockTypeAdmin{ctrl: ctrl}
+	mock.recorder = &MockTypeAdminMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockTypeAdmin) EXPECT() *MockTypeAdminMockRecorder {
+	return m.recorder
+}
+
+// Pause mocks base method.
+func (m *MockTypeAdmin) Pause(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Pause", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Pause indicates an expected call of Pause.
+func (mr *MockTypeAdminMockRecorder) Pause(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Pause", reflect.TypeOf((*MockTypeAdmin)(nil).Pause), ctx, typ)
+}
+
+// Paused mocks base method.
+func (m *MockTypeAdmin) Paused(ctx context.Context) ([]string, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Paused", ctx)
+	ret0, _ := ret[0].([]string)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Paused indicates an expected call of Paused.
+func (mr *MockTypeAdminMockRecorder) Paused(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Paused", reflect.TypeOf((*MockTypeAdmin)(nil).Paused), ctx)
+}
+
+// Resume mocks base method.
+func (m *MockTypeAdmin) Resume(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Resume", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Resume indicates an expected call of Resume.
+func (mr *MockTypeAdminMockRecorder) Resume(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Resume", reflect.TypeOf((*MockTypeAdmin)(nil).Resume), ctx, typ)
+}
+
 // MockPinger is a mock of Pinger interface.
 type MockPinger struct {
 	ctrl     *gomock.Controller
@@ -463,6 +529,35 @@ func (mr *MockBrokerMockRecorder) List(ctx, filter, after, limit interface{}) *g
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "List", reflect.TypeOf((*MockBroker)(nil).List), ctx, filter, after, limit)
 }
 
+// Pause mocks base method.
+func (m *MockBroker) Pause(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Pause", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Pause indicates an expected call of Pause.
+func (mr *MockBrokerMockRecorder) Pause(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Pause", reflect.TypeOf((*MockBroker)(nil).Pause), ctx, typ)
+}
+
+// Paused mocks base method.
+func (m *MockBroker) Paused(ctx context.Context) ([]string, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Paused", ctx)
+	ret0, _ := ret[0].([]string)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Paused indicates an expected call of Paused.
+func (mr *MockBrokerMockRecorder) Paused(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Paused", reflect.TypeOf((*MockBroker)(nil).Paused), ctx)
+}
+
 // Ping mocks base method.
 func (m *MockBroker) Ping(ctx context.Context) error {
 	m.ctrl.T.Helper()
@@ -505,6 +600,20 @@ func (m *MockBroker) Reserve(ctx context.Context, key, fingerprint string, hold 
 func (mr *MockBrokerMockRecorder) Reserve(ctx, key, fingerprint, hold interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Reserve", reflect.TypeOf((*MockBroker)(nil).Reserve), ctx, key, fingerprint, hold)
+}
+
+// Resume mocks base method.
+func (m *MockBroker) Resume(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Resume", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Resume indicates an expected call of Resume.
+func (mr *MockBrokerMockRecorder) Resume(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Resume", reflect.TypeOf((*MockBroker)(nil).Resume), ctx, typ)
 }
 
 // Settle mocks base method.

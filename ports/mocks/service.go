@@ -233,6 +233,72 @@ func (mr *MockTaskManagerMockRecorder) RetryMany(ctx, status, taskType interface
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "RetryMany", reflect.TypeOf((*MockTaskManager)(nil).RetryMany), ctx, status, taskType)
 }
 
+// MockTypeManager is a mock of TypeManager interface.
+type MockTypeManager struct {
+	ctrl     *gomock.Controller
+	recorder *MockTypeManagerMockRecorder
+}
+
+// MockTypeManagerMockRecorder is the mock recorder for MockTypeManager.
+type MockTypeManagerMockRecorder struct {
+	mock *MockTypeManager
+}
+
+// NewMockTypeManager creates a new mock instance.
+func NewMockTypeManager(ctrl *gomock.Controller) *MockTypeManager {
+	mock := &MockTypeManager{ctrl: ctrl}
+	mock.recorder = &MockTypeManagerMockRecorder{mock}
+	return mock
+}
+
+// EXPECT returns an object that allows the caller to indicate expected use.
+func (m *MockTypeManager) EXPECT() *MockTypeManagerMockRecorder {
+	return m.recorder
+}
+
+// Pause mocks base method.
+func (m *MockTypeManager) Pause(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Pause", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Pause indicates an expected call of Pause.
+func (mr *MockTypeManagerMockRecorder) Pause(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Pause", reflect.TypeOf((*MockTypeManager)(nil).Pause), ctx, typ)
+}
+
+// Resume mocks base method.
+func (m *MockTypeManager) Resume(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Resume", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Resume indicates an expected call of Resume.
+func (mr *MockTypeManagerMockRecorder) Resume(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Resume", reflect.TypeOf((*MockTypeManager)(nil).Resume), ctx, typ)
+}
+
+// Types mocks base method.
+func (m *MockTypeManager) Types(ctx context.Context) ([]ports.TypeInfo, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Types", ctx)
+	ret0, _ := ret[0].([]ports.TypeInfo)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Types indicates an expected call of Types.
+func (mr *MockTypeManagerMockRecorder) Types(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Types", reflect.TypeOf((*MockTypeManager)(nil).Types), ctx)
+}
+
 // MockTaskService is a mock of TaskService interface.
 type MockTaskService struct {
 	ctrl     *gomock.Controller
@@ -331,6 +397,20 @@ func (mr *MockTaskServiceMockRecorder) List(ctx, filter, after, limit interface{
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "List", reflect.TypeOf((*MockTaskService)(nil).List), ctx, filter, after, limit)
 }
 
+// Pause mocks base method.
+func (m *MockTaskService) Pause(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Pause", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Pause indicates an expected call of Pause.
+func (mr *MockTaskServiceMockRecorder) Pause(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Pause", reflect.TypeOf((*MockTaskService)(nil).Pause), ctx, typ)
+}
+
 // Ready mocks base method.
 func (m *MockTaskService) Ready(ctx context.Context) error {
 	m.ctrl.T.Helper()
@@ -343,6 +423,20 @@ func (m *MockTaskService) Ready(ctx context.Context) error {
 func (mr *MockTaskServiceMockRecorder) Ready(ctx interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Ready", reflect.TypeOf((*MockTaskService)(nil).Ready), ctx)
+}
+
+// Resume mocks base method.
+func (m *MockTaskService) Resume(ctx context.Context, typ string) error {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Resume", ctx, typ)
+	ret0, _ := ret[0].(error)
+	return ret0
+}
+
+// Resume indicates an expected call of Resume.
+func (mr *MockTaskServiceMockRecorder) Resume(ctx, typ interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Resume", reflect.TypeOf((*MockTaskService)(nil).Resume), ctx, typ)
 }
 
 // Retry mocks base method.
@@ -418,4 +512,19 @@ func (m *MockTaskService) SubmitBatch(ctx context.Context, subs []ports.Submissi
 func (mr *MockTaskServiceMockRecorder) SubmitBatch(ctx, subs interface{}) *gomock.Call {
 	mr.mock.ctrl.T.Helper()
 	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "SubmitBatch", reflect.TypeOf((*MockTaskService)(nil).SubmitBatch), ctx, subs)
+}
+
+// Types mocks base method.
+func (m *MockTaskService) Types(ctx context.Context) ([]ports.TypeInfo, error) {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Types", ctx)
+	ret0, _ := ret[0].([]ports.TypeInfo)
+	ret1, _ := ret[1].(error)
+	return ret0, ret1
+}
+
+// Types indicates an expected call of Types.
+func (mr *MockTaskServiceMockRecorder) Types(ctx interface{}) *gomock.Call {
+	mr.mock.ctrl.T.Helper()
+	return mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Types", reflect.TypeOf((*MockTaskService)(nil).Types), ctx)
 }
