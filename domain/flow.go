@@ -53,7 +53,10 @@ type Candidate struct {
 // (see EffectiveLevel) first, then the one that became pending first.
 // This is the one global order every broker follows.
 func (c Candidate) Outranks(o Candidate, now time.Time, aging time.Duration) bool {
-	cl, ol := EffectiveLevel(c.Level, now.Sub(c.PendingSince), aging), EffectiveLevel(o.Level, now.Sub(o.PendingSince), aging)
+	cl, ol := c.Level, o.Level
+	if aging > 0 {
+		cl, ol = EffectiveLevel(cl, now.Sub(c.PendingSince), aging), EffectiveLevel(ol, now.Sub(o.PendingSince), aging)
+	}
 	if cl != ol {
 		return cl > ol
 	}
@@ -78,8 +81,8 @@ func NewTypeLimits(concurrency, rate int, period time.Duration) (TypeLimits, err
 		return TypeLimits{}, invalid("concurrency", "must not be negative, got %d", concurrency)
 	case rate < 0:
 		return TypeLimits{}, invalid("rate", "must not be negative, got %d", rate)
-	case rate > 0 && period <= 0:
-		return TypeLimits{}, invalid("rate", "needs a positive period, got %s", period)
+	case rate > 0 && period < time.Millisecond:
+		return TypeLimits{}, invalid("rate", "needs a period of at least 1ms, got %s", period)
 	}
 	return TypeLimits{Concurrency: concurrency, Rate: rate, Period: period}, nil
 }

@@ -144,3 +144,34 @@ func BenchmarkListAt1M(b *testing.B) {
 	broker, _ := memory.New(memory.Options{QueueSize: 1_000_001, Retention: time.Hour})
 	brokertest.BenchmarkListAt1M(b, broker)
 }
+
+// BenchmarkFlowDrain drains b.N stored tasks with 8 workers, for each
+// shape of types and keys; see brokertest.BenchmarkDrain.
+func BenchmarkFlowDrain(b *testing.B) {
+	for _, shape := range brokertest.Shapes {
+		b.Run(shape.String(), func(b *testing.B) {
+			broker := newBenchBroker(b, shape.Config(b.N+1))
+			brokertest.BenchmarkDrain(b, broker, shape, 2*parallelism)
+		})
+	}
+}
+
+// BenchmarkFlowSubmitToStart measures the wait from Enqueue to the start
+// of the attempt with 8 idle workers; see brokertest.BenchmarkSubmitToStart.
+func BenchmarkFlowSubmitToStart(b *testing.B) {
+	for _, shape := range brokertest.Shapes {
+		b.Run(shape.String(), func(b *testing.B) {
+			broker := newBenchBroker(b, shape.Config(1000))
+			brokertest.BenchmarkSubmitToStart(b, broker, shape, 2*parallelism)
+		})
+	}
+}
+
+func newBenchBroker(b *testing.B, cfg brokertest.Config) *memory.Broker {
+	broker, err := memory.New(memory.Options{QueueSize: cfg.QueueSize, Retention: cfg.Retention, Types: cfg.Types})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { broker.Close() })
+	return broker
+}

@@ -25,6 +25,19 @@ type typeQueue struct {
 	paused  bool
 	limits  domain.TypeLimits
 	bucket  domain.TokenBucket
+	// next caches the type's next task while strict order holds (no
+	// aging): recomputed when dirty (a task of the type came or went) or
+	// when the task is no longer live or its key is at its limit.
+	next  cached
+	dirty bool
+}
+
+type cached struct {
+	ok    bool
+	slot  slot
+	tok   uint64
+	kq    *keyQueue
+	level int
 }
 
 // levelQueue is the round-robin of keys with pending tasks at one level.
@@ -84,6 +97,7 @@ func (b *Broker) pushPending(i slot, front bool) {
 		lq.push(kq, front)
 	}
 	tq.pending++
+	tq.dirty = true
 	b.pending++
 }
 
@@ -97,6 +111,7 @@ func (b *Broker) dropPending(e *entry) {
 		kq = lq.keys[e.task.Key()]
 	}
 	tq.pending--
+	tq.dirty = true
 	b.pending--
 	if kq != nil {
 		b.stale(&kq.fifo, e)
@@ -197,6 +212,7 @@ func (b *Broker) unblock(key string) {
 	for _, at := range b.blocked[key] {
 		lq := &at.tq.levels[at.level]
 		if kq := lq.keys[key]; kq != nil && kq.blocked {
+			at.tq.dirty = true
 			kq.blocked = false
 			if !kq.inRR {
 				lq.push(kq, false)
@@ -240,6 +256,18 @@ func (b *Broker) popNext(now time.Time) (i slot, ok bool, wait time.Duration) {
 			}
 			continue
 		}
+		if b.opts.Aging <= 0 {
+			// Strict order: the type's best is its highest level's front.
+			n := b.nextOf(tq)
+			if !n.ok {
+				continue
+			}
+			c := domain.Candidate{Level: n.level, Seq: n.tok}
+			if bestTQ == nil || c.Outranks(best, now, 0) {
+				best, bestTQ, bestKQ, bestLevel, i = c, tq, n.kq, n.level, n.slot
+			}
+			continue
+		}
 		for level := domain.MaxPriority; level >= domain.MinPriority; level-- {
 			kq, s, found := b.front(tq, level)
 			if !found {
@@ -249,9 +277,6 @@ func (b *Broker) popNext(now time.Time) (i slot, ok bool, wait time.Duration) {
 			c := domain.Candidate{Level: level, Seq: e.tok, PendingSince: e.task.UpdatedAt()}
 			if bestTQ == nil || c.Outranks(best, now, b.opts.Aging) {
 				best, bestTQ, bestKQ, bestLevel, i = c, tq, kq, level, s
-			}
-			if b.opts.Aging <= 0 {
-				break // without aging a type's highest level is its best
 			}
 		}
 	}
@@ -273,6 +298,25 @@ func (b *Broker) popNext(now time.Time) (i slot, ok bool, wait time.Duration) {
 	}
 	b.slab.at(i).tok = 0
 	bestTQ.pending--
+	bestTQ.dirty = true
 	b.pending--
 	return i, true, 0
+}
+
+// nextOf returns the cached next task of tq (strict order), recomputing
+// it when it may have changed.
+func (b *Broker) nextOf(tq *typeQueue) cached {
+	n := tq.next
+	if !tq.dirty && n.ok && b.slab.at(n.slot).tok == n.tok && !n.kq.blocked && !b.keyFull(n.kq.key) {
+		return n
+	}
+	n = cached{}
+	for level := domain.MaxPriority; level >= domain.MinPriority; level-- {
+		if kq, s, found := b.front(tq, level); found {
+			n = cached{ok: true, slot: s, tok: b.slab.at(s).tok, kq: kq, level: level}
+			break
+		}
+	}
+	tq.next, tq.dirty = n, false
+	return n
 }

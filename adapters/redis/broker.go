@@ -61,6 +61,11 @@ type Options struct {
 	// of its running attempts were cancelled. Defaults to 500 ms, so a
 	// cancel reaches its attempt within a second.
 	CancelCheckInterval time.Duration
+	// NoFunctions runs the scripts by EVALSHA even on Redis 7 and later,
+	// where they are otherwise loaded as one function library (faster:
+	// its helpers are not redefined on every call). For proxies and
+	// managed services that refuse FUNCTION and FCALL.
+	NoFunctions bool
 	// Types are the task types whose attempts this instance starts (it
 	// has their handlers); nil means every type. Tasks of other types
 	// wait for an instance that runs them.
@@ -131,7 +136,7 @@ type lease struct {
 
 type keys struct {
 	tag, pending, running, delayed, finished, dead, seq, wake, counts string
-	ptypes, paused, buckets, krun, cwait                              string
+	ptypes, paused, buckets, krun, cwait, tops                        string
 	task, schema, sweep, idem                                         string
 	readyV2                                                           string // the second layout's ready set
 }
@@ -141,7 +146,7 @@ func newKeys(prefix string) keys {
 	return keys{
 		tag: tag, pending: tag + "pending", running: tag + "running", delayed: tag + "delayed",
 		finished: tag + "finished", dead: tag + "dead", seq: tag + "seq", wake: tag + "wake", counts: tag + "counts",
-		ptypes: tag + "ptypes", paused: tag + "paused", buckets: tag + "buckets", krun: tag + "krun", cwait: tag + "cwait",
+		ptypes: tag + "ptypes", paused: tag + "paused", buckets: tag + "buckets", krun: tag + "krun", cwait: tag + "cwait", tops: tag + "tops",
 		task: tag + "t:", schema: tag + "schema", sweep: tag + "sweep", idem: tag + "idem:", readyV2: tag + "ready",
 	}
 }
@@ -150,7 +155,7 @@ func newKeys(prefix string) keys {
 // names them.
 func (k keys) all() []string {
 	return []string{k.pending, k.running, k.delayed, k.finished, k.dead, k.seq, k.wake, k.counts,
-		k.ptypes, k.paused, k.buckets, k.krun, k.cwait}
+		k.ptypes, k.paused, k.buckets, k.krun, k.cwait, k.tops}
 }
 
 // wakeOf is the wake list of instances that run type typ.
@@ -162,7 +167,7 @@ func (k keys) fifo(typ string, level int, key string) string {
 }
 
 type scripts struct {
-	enqueue, dequeue, settle, update, del, renew, check, undo, maintain, stats, repair, convertV2 *goredis.Script
+	enqueue, dequeue, settle, update, del, renew, check, undo, maintain, stats, repair, convertV2 *op
 }
 
 var _ ports.Broker = (*Broker)(nil)
@@ -260,17 +265,9 @@ func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts
 	if err != nil {
 		return nil, err
 	}
-	flags := major >= 7
-	sc := scripts{
-		enqueue: enqueueScript.build(flags), dequeue: dequeueScript.build(flags), settle: settleScript.build(flags),
-		update: updateScript.build(flags), del: deleteScript.build(flags), renew: renewScript.build(flags),
-		check: checkScript.build(flags), undo: undoScript.build(flags), maintain: maintainScript.build(flags),
-		stats: statsScript.build(flags), repair: repairScript.build(flags), convertV2: convertV2Script.build(flags),
-	}
-	for _, s := range []*goredis.Script{sc.enqueue, sc.dequeue, sc.settle, sc.update, sc.del, sc.renew, sc.check, sc.undo, sc.maintain, sc.stats, sc.repair, sc.convertV2} {
-		if err := s.Load(pingCtx, rdb).Err(); err != nil {
-			return nil, fmt.Errorf("load scripts: %w", err)
-		}
+	sc, err := loadScripts(pingCtx, rdb, major, opts.NoFunctions)
+	if err != nil {
+		return nil, err
 	}
 	k := newKeys(opts.Prefix)
 	if err := checkSchema(ctx, rdb, k, sc, opts); err != nil {
@@ -308,6 +305,34 @@ func open(ctx context.Context, rdb *goredis.Client, copts *goredis.Options, opts
 	go b.maintainLoop()
 	go b.sweepLoop()
 	return b, nil
+}
+
+// loadScripts loads the scripts into Redis: as one function library on
+// Redis 7 and later (unless noFunctions), as EVALSHA scripts otherwise.
+func loadScripts(ctx context.Context, rdb *goredis.Client, major int, noFunctions bool) (scripts, error) {
+	ops := make(map[string]*op, len(allScripts))
+	if major >= 7 && !noFunctions {
+		lib := newLibrary()
+		if err := rdb.FunctionLoadReplace(ctx, lib.code).Err(); err != nil {
+			return scripts{}, fmt.Errorf("load function library: %w (set NoFunctions to use EVALSHA scripts)", err)
+		}
+		for _, s := range allScripts {
+			ops[s.name] = &op{fn: lib.name + "_" + s.name, lib: lib}
+		}
+	} else {
+		for _, s := range allScripts {
+			sc := s.build(major >= 7)
+			if err := sc.Load(ctx, rdb).Err(); err != nil {
+				return scripts{}, fmt.Errorf("load scripts: %w", err)
+			}
+			ops[s.name] = &op{script: sc}
+		}
+	}
+	return scripts{
+		enqueue: ops["enqueue"], dequeue: ops["dequeue"], settle: ops["settle"], update: ops["update"], del: ops["delete"],
+		renew: ops["renew"], check: ops["check"], undo: ops["undo"], maintain: ops["maintain"], stats: ops["stats"],
+		repair: ops["repair"], convertV2: ops["convertV2"],
+	}, nil
 }
 
 // serverMajor returns the server's major version (0 when it does not say):

@@ -28,7 +28,7 @@ func TestScriptsFollowTheDomain(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("TokenBucket", func(t *testing.T) {
-		take := goredis.NewScript(prelude + `
+		take := goredis.NewScript(prelude + flowLib + `
 local ok, wait = take(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), true)
 return {ok and 1 or 0, wait}`)
 		for _, tc := range []struct {
@@ -64,7 +64,7 @@ return {ok and 1 or 0, wait}`)
 	})
 
 	t.Run("Aging", func(t *testing.T) {
-		effective := goredis.NewScript(prelude + `return effective(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))`)
+		effective := goredis.NewScript(prelude + flowLib + `return effective(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))`)
 		for _, step := range []time.Duration{0, time.Millisecond, 50 * time.Millisecond, time.Minute} {
 			for level := 0; level <= 9; level++ {
 				for _, waited := range []time.Duration{0, step - time.Millisecond, step, 2*step + 1, 9 * step, 100 * step, time.Hour} {
@@ -84,7 +84,7 @@ return {ok and 1 or 0, wait}`)
 	})
 
 	t.Run("Order", func(t *testing.T) {
-		outranks := goredis.NewScript(prelude + `
+		outranks := goredis.NewScript(prelude + flowLib + `
 return outranks({eff = tonumber(ARGV[2]), seq = tonumber(ARGV[3])}, {eff = tonumber(ARGV[4]), seq = tonumber(ARGV[5])}) and 1 or 0`)
 		now := time.Now()
 		for _, tc := range [][4]int{{9, 5, 8, 1}, {3, 1, 3, 2}, {3, 2, 3, 1}, {0, 1, 9, 2}} {

@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"strings"
 	"sync/atomic"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -13,7 +12,7 @@ import (
 // call is one script run waiting for a pipeline.
 type call struct {
 	ctx    context.Context
-	script *goredis.Script
+	script *op
 	keys   []string
 	args   []any
 	// state is callQueued until a pipeline sends the call (callSent) or
@@ -38,7 +37,7 @@ const (
 // so the caller always learns what happened unless the connection is
 // lost. Redis errors come back as domain.ErrUnavailable, or
 // domain.ErrStorageFull when Redis refuses writes for lack of memory.
-func (b *Broker) run(ctx context.Context, script *goredis.Script, keys []string, args ...any) (any, error) {
+func (b *Broker) run(ctx context.Context, script *op, keys []string, args ...any) (any, error) {
 	c := &call{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{})}
 	b.callMu.RLock()
 	if b.callsClosed {
@@ -111,13 +110,13 @@ func (b *Broker) exec(batch []*call) {
 	pipe := b.rdb.Pipeline()
 	cmds := make([]*goredis.Cmd, len(live))
 	for i, c := range live {
-		cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+		cmds[i] = c.script.send(ctx, pipe, c.keys, c.args...)
 	}
 	_, _ = pipe.Exec(ctx)
 	for i, c := range live {
 		val, err := cmds[i].Result()
-		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			// Redis lost its script cache (a restart): Run loads it again.
+		if missing(err) {
+			// Redis lost its scripts (a restart): Run loads them again.
 			val, err = c.script.Run(ctx, b.rdb, c.keys, c.args...).Result()
 		}
 		if err != nil {

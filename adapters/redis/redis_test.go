@@ -63,7 +63,13 @@ func newBroker(t testing.TB, prefix string, edit func(*redis.Options)) *redis.Br
 	return b
 }
 
-func TestContract(t *testing.T) {
+func TestContract(t *testing.T) { contract(t, false) }
+
+// TestContractScripts runs the contract with the scripts sent by EVALSHA,
+// as on Redis before 7 or with Options.NoFunctions.
+func TestContractScripts(t *testing.T) { contract(t, true) }
+
+func contract(t *testing.T, noFunctions bool) {
 	redisURL(t)
 	shared := map[string]string{} // test and queue name → prefix
 	var mu sync.Mutex
@@ -82,6 +88,7 @@ func TestContract(t *testing.T) {
 		return newBroker(t, prefix, func(o *redis.Options) {
 			o.QueueSize, o.Retention = cfg.QueueSize, cfg.Retention
 			o.Types, o.Limits, o.KeyConcurrency, o.Aging = cfg.Types, cfg.Limits, cfg.KeyConcurrency, cfg.Aging
+			o.NoFunctions = noFunctions
 		})
 	})
 }
@@ -327,5 +334,37 @@ func TestRedisLostAndBack(t *testing.T) {
 	}
 	if err := b.Enqueue(ctx5(t), brokertest.NewTask(t, 0, 0)); err != nil {
 		t.Fatalf("enqueue after Redis came back: %v", err)
+	}
+}
+
+// A Redis that lost its functions or scripts (a restart without
+// persistence, FUNCTION FLUSH, SCRIPT FLUSH) gets them again on the next
+// call.
+func TestLostScriptsAreLoadedAgain(t *testing.T) {
+	for _, noFunctions := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoFunctions=%v", noFunctions), func(t *testing.T) {
+			b := newBroker(t, newPrefix(t), func(o *redis.Options) { o.NoFunctions = noFunctions })
+			c := rawClient(t)
+			if err := b.Enqueue(ctx5(t), brokertest.NewTask(t, 0, 0)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.FunctionFlush(ctx5(t)).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.ScriptFlush(ctx5(t)).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Enqueue(ctx5(t), brokertest.NewTask(t, 0, 0)); err != nil {
+				t.Fatalf("enqueue after the scripts were flushed: %v", err)
+			}
+			for i := 0; i < 2; i++ {
+				if _, err := b.Dequeue(ctx5(t)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st, err := b.Stats(ctx5(t)); err != nil || st.ByType["test"][domain.StatusRunning] != 2 {
+				t.Fatalf("stats after the scripts were flushed: %+v, %v", st, err)
+			}
+		})
 	}
 }

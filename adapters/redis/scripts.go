@@ -1,6 +1,14 @@
 package redis
 
-import goredis "github.com/redis/go-redis/v9"
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	goredis "github.com/redis/go-redis/v9"
+)
 
 // The scripts make every multi-key change atomic; they store and fence
 // what the domain decided in Go, and decide nothing themselves beyond
@@ -52,28 +60,126 @@ import goredis "github.com/redis/go-redis/v9"
 // few bytes, so a Redis at maxmemory still renews leases and records
 // outcomes, while new submissions are refused.
 
-// script is one Lua script, built for the server's version.
+// script is one Lua script: the helpers it uses (libs) and its body.
 type script struct {
+	name     string
+	libs     string
 	body     string
 	allowOOM bool
 }
 
-// build returns s for a server that does (Redis 7+) or does not support
-// script flags.
+// build returns s as a script to run by EVALSHA, for a server that does
+// (Redis 7+) or does not support script flags.
 func (s script) build(flags bool) *goredis.Script {
 	if flags && s.allowOOM {
-		return goredis.NewScript("#!lua flags=allow-oom\n" + s.body)
+		return goredis.NewScript("#!lua flags=allow-oom\n" + s.libs + s.body)
 	}
-	return goredis.NewScript(s.body)
+	return goredis.NewScript(s.libs + s.body)
 }
 
-// prelude names the keys and holds what every script shares: where a task
-// of each status is kept (place and unplace), the ready structure, and
-// promotion of due tasks.
-const prelude = `
+// allScripts are the scripts the broker runs.
+var allScripts = []*script{&enqueueScript, &dequeueScript, &settleScript, &updateScript, &deleteScript, &renewScript,
+	&checkScript, &undoScript, &maintainScript, &statsScript, &repairScript, &convertV2Script}
+
+// library is every script as one Redis function library (Redis 7+): its
+// helpers are defined once, when the library loads, instead of on every
+// call as an EVALSHA script defines them, which costs microseconds a
+// call. Its name carries a hash of its code, so instances of different
+// versions sharing a Redis each call their own.
+type library struct {
+	name, code string
+}
+
+func newLibrary() library {
+	var body strings.Builder
+	body.WriteString("\nlocal KEYS, ARGV, TAG, PENDING, RUNNING, DELAYED, FINISHED, DEAD, SEQ, WAKE, COUNTS\n")
+	body.WriteString("local PTYPES, PAUSED, BUCKETS, KRUN, CWAIT, TOPS\nlocal touched = {}\n")
+	body.WriteString(namesHelpers + preludeHelpers + waitingLib + promoteLib + flowLib)
+	body.WriteString(`
+local function setup(keys, args)
+  KEYS, ARGV, TAG = keys, args, args[1]
+  PENDING, RUNNING, DELAYED, FINISHED, DEAD, SEQ, WAKE, COUNTS = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8]
+  PTYPES, PAUSED, BUCKETS, KRUN, CWAIT, TOPS = keys[9], keys[10], keys[11], keys[12], keys[13], keys[14]
+  touched = {}
+end
+`)
+	sum := sha1.Sum([]byte(body.String() + bodies()))
+	name := "taskqueue_" + hex.EncodeToString(sum[:6])
+	for _, s := range allScripts {
+		flags := ""
+		if s.allowOOM {
+			flags = ", flags = {'allow-oom'}"
+		}
+		fmt.Fprintf(&body, "redis.register_function{function_name = '%s_%s'%s, callback = function(keys, args)\nsetup(keys, args)\n%s\nend}\n",
+			name, s.name, flags, s.body)
+	}
+	return library{name: name, code: "#!lua name=" + name + "\n" + body.String()}
+}
+
+func bodies() string {
+	var b strings.Builder
+	for _, s := range allScripts {
+		b.WriteString(s.body)
+	}
+	return b.String()
+}
+
+// op runs one script: as a function of the loaded library, or by EVALSHA
+// (Redis before 7, or Options.NoFunctions).
+type op struct {
+	fn     string
+	lib    library
+	script *goredis.Script
+}
+
+// send queues or runs the script on c (a client or a pipeline).
+func (o *op) send(ctx context.Context, c goredis.Cmdable, keys []string, args ...any) *goredis.Cmd {
+	if o.fn != "" {
+		return c.FCall(ctx, o.fn, keys, args...)
+	}
+	return o.script.EvalSha(ctx, c, keys, args...)
+}
+
+// Run runs the script on rdb, loading it (or the library) first if Redis
+// lost it (a restart without persistence).
+func (o *op) Run(ctx context.Context, rdb *goredis.Client, keys []string, args ...any) *goredis.Cmd {
+	if o.fn == "" {
+		return o.script.Run(ctx, rdb, keys, args...)
+	}
+	cmd := rdb.FCall(ctx, o.fn, keys, args...)
+	if missing(cmd.Err()) {
+		if err := rdb.FunctionLoadReplace(ctx, o.lib.code).Err(); err != nil {
+			return cmd
+		}
+		cmd = rdb.FCall(ctx, o.fn, keys, args...)
+	}
+	return cmd
+}
+
+// missing reports whether err says Redis does not have the script or
+// function called.
+func missing(err error) bool {
+	return err != nil && (strings.HasPrefix(err.Error(), "NOSCRIPT") || strings.Contains(err.Error(), "Function not found"))
+}
+
+// Every script runs its helpers' definitions on each call (Lua makes a
+// closure of each), so a script takes only the parts it uses.
+
+// names names the keys and builds the names of the per-task and per-type
+// ones.
+const names = namesBind + namesHelpers
+
+// namesBind binds the keys of a script's call (in a library, setup does).
+const namesBind = `
 local TAG = ARGV[1]
 local PENDING, RUNNING, DELAYED, FINISHED, DEAD, SEQ, WAKE, COUNTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local PTYPES, PAUSED, BUCKETS, KRUN, CWAIT = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local PTYPES, PAUSED, BUCKETS, KRUN, CWAIT, TOPS = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+-- touched holds the types whose next task may have changed; flush
+-- brings their rank in tops up to date before the script returns.
+local touched = {}
+`
+
+const namesHelpers = `
 local BAND = 281474976710656
 local function rec(id) return TAG .. 't:' .. id end
 local function idx(st, ty) return TAG .. 'idx:' .. st .. ':' .. ty end
@@ -82,6 +188,14 @@ local function turns(ty, pr) return TAG .. 'rr|' .. ty .. '|' .. pr end
 local function fifo(ty, pr, key) return TAG .. 'q|' .. ty .. '|' .. pr .. '|' .. key end
 local function blocked(key) return TAG .. 'blk|' .. key end
 local function num(x) return string.format('%.0f', x) end
+`
+
+// prelude is names plus what every script that moves tasks shares: where
+// a task of each status is kept (place and unplace), the ready structure
+// and the ranks in tops.
+const prelude = names + preludeHelpers
+
+const preludeHelpers = `
 local function push_wake(k)
   if redis.call('LLEN', k) < 64 then redis.call('LPUSH', k, 1) end
 end
@@ -115,6 +229,7 @@ local function enter(ty, pr, key, front)
   local turn
   local first = front and redis.call('ZRANGE', rr, 0, 0, 'WITHSCORES') or {}
   if #first > 0 then turn = tonumber(first[2]) - 1 else turn = redis.call('INCR', SEQ) end
+  if front or redis.call('EXISTS', rr) == 0 then touched[ty] = true end
   redis.call('ZADD', rr, num(turn), key)
   redis.call('ZADD', levels(ty), 9 - tonumber(pr), pr)
   wake(ty)
@@ -122,6 +237,7 @@ end
 -- leave takes key out of the round-robin of (ty, pr): it has nothing
 -- left there.
 local function leave(ty, pr, key)
+  touched[ty] = true
   local rr = turns(ty, pr)
   redis.call('ZREM', rr, key)
   if redis.call('EXISTS', rr) == 0 then redis.call('ZREM', levels(ty), pr) end
@@ -132,11 +248,17 @@ end
 -- or at the back ('').
 local function enqueue_ready(id, ty, pr, key, seq)
   local front = seq ~= ''
-  if front then seq = tonumber(seq) % BAND else seq = redis.call('INCR', SEQ) end
+  if front then
+    seq = tonumber(seq) % BAND
+    touched[ty] = true
+  else
+    seq = redis.call('INCR', SEQ)
+  end
   if redis.call('ZADD', fifo(ty, pr, key), num(seq), id) == 1 then redis.call('INCR', PENDING) end
   if key == '' or redis.call('SISMEMBER', blocked(key), ty .. '|' .. pr) == 0 then enter(ty, pr, key, front) end
 end
 local function dequeue_ready(id, ty, pr, key)
+  touched[ty] = true
   local q = fifo(ty, pr, key)
   if redis.call('ZREM', q, id) == 1 then redis.call('DECR', PENDING) end
   if redis.call('EXISTS', q) == 0 then leave(ty, pr, key) end
@@ -159,6 +281,32 @@ local function end_run(ty, key)
     end
   end
   if redis.call('SREM', CWAIT, ty) == 1 then wake(ty) end
+end
+-- refresh ranks type ty in tops by its next task (the oldest of the
+-- front key at its highest level): (9 - level) * 2^48 + seq, the order
+-- of domain.Candidate.Outranks without aging. A key at its limit may still
+-- be at the front: the rank is never worse than the type's real next.
+local function refresh(ty)
+  while true do
+    local top = redis.call('ZRANGE', levels(ty), 0, 0)
+    if #top == 0 then break end
+    local pr = top[1]
+    local key = redis.call('ZRANGE', turns(ty, pr), 0, 0)
+    if #key > 0 then
+      local first = redis.call('ZRANGE', fifo(ty, pr, key[1]), 0, 0, 'WITHSCORES')
+      if #first > 0 then
+        redis.call('ZADD', TOPS, num((9 - tonumber(pr)) * BAND + tonumber(first[2])), ty)
+        return
+      end
+      redis.call('ZREM', turns(ty, pr), key[1])
+    end
+    if redis.call('EXISTS', turns(ty, pr)) == 0 then redis.call('ZREM', levels(ty), pr) end
+  end
+  redis.call('ZREM', TOPS, ty)
+end
+local function flush()
+  for ty in pairs(touched) do refresh(ty) end
+  touched = {}
 end
 -- forget drops a finished task whose set member is m ("id|status|type"),
 -- already out of its set.
@@ -213,10 +361,18 @@ local function place(id, st, ty, pr, key, at, keep, cap)
   index(id, st, ty)
   return true
 end
+`
+
+// waitingLib counts the tasks the queue size bounds.
+const waitingLib = `
 -- waiting counts the tasks waiting to run, which the queue size bounds.
 local function waiting()
   return tonumber(redis.call('GET', PENDING) or '0') + redis.call('ZCARD', DELAYED)
 end
+`
+
+// promoteLib makes due tasks pending.
+const promoteLib = `
 -- promote makes up to limit scheduled and retrying tasks whose due time
 -- (ms) has come pending, at the back of their key's FIFO; they were
 -- counted against the bound all along, so nothing refuses them.
@@ -236,6 +392,11 @@ local function promote(now_ms, now_ns, limit)
   end
   return #due
 end
+`
+
+// flowLib holds the domain's flow-control rules, as the dequeue script
+// carries them out.
+const flowLib = `
 -- take is domain.TypeLimits.Take on the bucket of type ty (rate tokens
 -- per period_ms, holding up to rate): it reports whether a token is
 -- there, takes it when commit is set, and otherwise says in how many ms
@@ -271,7 +432,7 @@ end
 // ARGV: tag, limit, then per task: id, data, state, status, type,
 // priority, due ms (scheduled) or ”, fairness key.
 // Returns 1 when stored, 0 when full, -1 when an id exists.
-var enqueueScript = script{body: prelude + `
+var enqueueScript = script{name: "enqueue", libs: prelude + waitingLib, body: `
 local n = (#ARGV - 2) / 8
 if waiting() + n > tonumber(ARGV[2]) then return 0 end
 for i = 3, #ARGV, 8 do
@@ -283,6 +444,7 @@ for i = 3, #ARGV, 8 do
   if ARGV[i + 3] == 'scheduled' then at = ARGV[i + 6] end
   place(ARGV[i], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 7], at, 0, 0)
 end
+flush()
 return 1
 `}
 
@@ -300,9 +462,10 @@ return 1
 // concurrency, rate, period_ms (0 for no limit).
 // Returns {started, earliest due ms or -1, id, data, state, ...}: the
 // earliest time a delayed task is due or a rate token comes.
-var dequeueScript = script{allowOOM: true, body: prelude + `
+var dequeueScript = script{name: "dequeue", allowOOM: true, libs: prelude + promoteLib + flowLib, body: `
 local now_ms = tonumber(ARGV[2])
 promote(ARGV[2], ARGV[3], 100)
+flush()
 local count, aging, keylimit = tonumber(ARGV[5]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local limits, types = {}, {}
 for i = 11, #ARGV, 4 do
@@ -314,12 +477,20 @@ if ARGV[10] == 'all' then
   table.sort(types)
 end
 local rate_wait = -1
+local paused = {}
+for _, ty in ipairs(redis.call('SMEMBERS', PAUSED)) do paused[ty] = true end
+-- limits_of returns the limits of ty, or nil when it has none.
+local function limits_of(ty)
+  local l = limits[ty]
+  if l and (l.c > 0 or l.r > 0) then return l end
+  return nil
+end
 -- eligible reports whether an attempt of ty may start now.
 local function eligible(ty)
-  if redis.call('EXISTS', levels(ty)) == 0 then return false end
-  if redis.call('SISMEMBER', PAUSED, ty) == 1 then return false end
-  local l = limits[ty]
+  if paused[ty] then return false end
+  local l = limits_of(ty)
   if not l then return true end
+  if redis.call('EXISTS', levels(ty)) == 0 then return false end
   if l.c > 0 and tonumber(redis.call('HGET', COUNTS, 'running|' .. ty) or '0') >= l.c then
     redis.call('SADD', CWAIT, ty)
     return false
@@ -347,6 +518,7 @@ local function head(ty, pr)
     if keylimit > 0 and key ~= '' and tonumber(redis.call('HGET', KRUN, key) or '0') >= keylimit then
       redis.call('ZREM', rr, key)
       redis.call('SADD', blocked(key), ty .. '|' .. pr)
+      touched[ty] = true
     else
       local first = redis.call('ZRANGE', fifo(ty, pr, key), 0, 0, 'WITHSCORES')
       if #first > 0 then
@@ -380,44 +552,116 @@ local function candidate(ty)
   end
   return best
 end
-local cands = {}
-for i, ty in ipairs(types) do cands[i] = candidate(ty) end
+-- The types to look at, in order: without aging, those this instance
+-- runs as tops ranks them, each with the rank of its next task, which
+-- the type's real next task never beats; they are looked at (opened)
+-- only while they may beat the best task found so far. With aging,
+-- every type, opened at once.
+local order, bound = {}, {}
+if aging <= 0 then
+  local ranked = redis.call('ZRANGE', TOPS, 0, -1, 'WITHSCORES')
+  for i = 1, #ranked, 2 do
+    if ARGV[10] == 'all' or limits[ranked[i]] then
+      table.insert(order, ranked[i]); table.insert(bound, tonumber(ranked[i + 1]))
+    end
+  end
+else
+  order = types
+end
+local function rank(c) return (9 - c.eff) * BAND + c.seq end
+local cands, opened = {}, 0
+local function open_next()
+  opened = opened + 1
+  cands[opened] = candidate(order[opened])
+end
+if aging > 0 then
+  while opened < #order do open_next() end
+end
 local deadline = num(now_ms + tonumber(ARGV[4]))
 local out = {0, -1}
 local started = 0
+-- pick sets bi and ri to the best and the runner-up opened candidates.
+local bi, ri
+local function pick()
+  bi, ri = nil, nil
+  for i = 1, opened do
+    local c = cands[i]
+    if c then
+      if not bi or outranks(c, cands[bi]) then
+        ri = bi; bi = i
+      elseif not ri or outranks(c, cands[ri]) then
+        ri = i
+      end
+    end
+  end
+end
 while started < count do
-  local bi = nil
-  for i, c in ipairs(cands) do
-    if c and (not bi or outranks(c, cands[bi])) then bi = i end
+  -- The next task is the best candidate's; the runner-up (or the bound of
+  -- the next type not yet opened) bounds how many more it may take at once.
+  pick()
+  while opened < #order and (not bi or bound[opened + 1] < rank(cands[bi])) do
+    open_next()
+    pick()
   end
   if not bi then break end
   local c = cands[bi]
-  local q = fifo(c.ty, c.pr, c.key)
-  redis.call('ZREM', q, c.id)
-  redis.call('DECR', PENDING)
-  if redis.call('EXISTS', q) == 0 then
+  local q, rr = fifo(c.ty, c.pr, c.key), turns(c.ty, c.pr)
+  local ids, seqs = {c.id}, {c.seq}
+  -- A key alone in its round-robin, of a type without limits, with no
+  -- key limit on it and strict order, takes its next tasks in one go: as
+  -- many as are wanted that still go before every other type's next.
+  local single = aging <= 0 and not limits_of(c.ty) and (keylimit <= 0 or c.key == '') and redis.call('ZCARD', rr) == 1
+  if single and count - started > 1 then
+    local limit = nil
+    if ri then limit = rank(cands[ri]) end
+    if opened < #order and (not limit or bound[opened + 1] < limit) then limit = bound[opened + 1] end
+    local upto = '+inf'
+    if limit and limit - (9 - c.eff) * BAND < BAND then upto = '(' .. num(limit - (9 - c.eff) * BAND) end
+    local more = redis.call('ZRANGEBYSCORE', q, '(' .. num(c.seq), upto, 'WITHSCORES', 'LIMIT', 0, count - started - 1)
+    for i = 1, #more, 2 do
+      table.insert(ids, more[i]); table.insert(seqs, tonumber(more[i + 1]))
+    end
+  end
+  redis.call('ZREM', q, unpack(ids))
+  redis.call('DECRBY', PENDING, #ids)
+  touched[c.ty] = true
+  local left = redis.call('EXISTS', q) == 1
+  if not left then
     leave(c.ty, c.pr, c.key)
-  elseif redis.call('ZCARD', turns(c.ty, c.pr)) > 1 then
-    redis.call('ZADD', turns(c.ty, c.pr), redis.call('INCR', SEQ), c.key)
+  elseif not single then
+    redis.call('ZADD', rr, redis.call('INCR', SEQ), c.key)
   end
-  local fields = redis.call('HMGET', rec(c.id), 'd', 's')
-  if fields[1] and fields[2] then
-    local st = cjson.decode(fields[2])
-    unindex(c.id, 'pending', st.ty)
-    st.ps = st.st; st.pu = st.u
-    st.s = 'running'; st.a = st.a + 1; st.st = ARGV[3]; st.u = ARGV[3]; st.n = nil
-    st.k = ARGV[6] .. ':' .. (started + 1); st.l = deadline; st.i = ARGV[7]; st.q = num(c.seq)
-    local enc = cjson.encode(st)
-    redis.call('HSET', rec(c.id), 's', enc)
-    place(c.id, 'running', st.ty, st.pr, c.key, deadline, 0, 0)
-    local l = limits[c.ty]
-    if l and l.r > 0 then take(c.ty, l.r, l.p, now_ms, true) end
-    table.insert(out, c.id); table.insert(out, fields[1]); table.insert(out, enc)
-    started = started + 1
+  local l = limits[c.ty]
+  for j, id in ipairs(ids) do
+    local fields = redis.call('HMGET', rec(id), 'd', 's')
+    if fields[1] and fields[2] then
+      local st = cjson.decode(fields[2])
+      unindex(id, 'pending', st.ty)
+      st.ps = st.st; st.pu = st.u
+      st.s = 'running'; st.a = st.a + 1; st.st = ARGV[3]; st.u = ARGV[3]; st.n = nil
+      st.k = ARGV[6] .. ':' .. (started + 1); st.l = deadline; st.i = ARGV[7]; st.q = num(seqs[j])
+      local enc = cjson.encode(st)
+      redis.call('HSET', rec(id), 's', enc)
+      place(id, 'running', st.ty, st.pr, c.key, deadline, 0, 0)
+      if l and l.r > 0 then take(c.ty, l.r, l.p, now_ms, true) end
+      table.insert(out, id); table.insert(out, fields[1]); table.insert(out, enc)
+      started = started + 1
+    end
   end
-  cands[bi] = candidate(c.ty)
+  if single and left then
+    -- Same key, same level, nothing else changed: its next task is next.
+    local first = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+    cands[bi] = {ty = c.ty, pr = c.pr, key = c.key, id = first[1], seq = tonumber(first[2]), eff = c.eff}
+  elseif aging <= 0 and not limits_of(c.ty) and redis.call('EXISTS', rr) == 1 then
+    -- Other keys wait at this level, still the type's highest: the next
+    -- key's turn (or, should every key be at its limit, a fresh look).
+    cands[bi] = head(c.ty, c.pr) or candidate(c.ty)
+  else
+    cands[bi] = candidate(c.ty)
+  end
   if keylimit > 0 and c.key ~= '' then
-    for i, o in ipairs(cands) do
+    for i = 1, opened do
+      local o = cands[i]
       if o and i ~= bi and o.key == c.key then cands[i] = candidate(o.ty) end
     end
   end
@@ -426,10 +670,22 @@ out[1] = started
 -- Pass the wake-up on: tasks this call could not take may be another
 -- instance's to take.
 if started == count then
-  for _, c in ipairs(cands) do
-    if c then wake(c.ty) end
+  for i = 1, opened do
+    if cands[i] then wake(cands[i].ty) end
+  end
+  if opened < #order then wake(order[opened + 1]) end
+end
+-- A type's candidate is its next task: rank it without looking again.
+if aging <= 0 then
+  for i = 1, opened do
+    local c = cands[i]
+    if c and touched[c.ty] then
+      redis.call('ZADD', TOPS, num(rank(c)), c.ty)
+      touched[c.ty] = nil
+    end
   end
 end
+flush()
 local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
 local due = -1
 if #first > 0 then due = tonumber(first[2]) end
@@ -449,7 +705,7 @@ return out
 // runs again has none: updateScript removes it).
 // Returns 1 when stored, 2 when this attempt's owner already stored it
 // (a retry after a lost reply), 0 when the attempt is no longer current.
-var settleScript = script{allowOOM: true, body: prelude + `
+var settleScript = script{name: "settle", allowOOM: true, libs: prelude, body: `
 local id = ARGV[2]
 local raw = redis.call('HGET', rec(id), 's')
 if not raw then return 0 end
@@ -464,6 +720,7 @@ unplace(id, 'running', cur.ty, cur.pr, cur.fk or '')
 redis.call('HSET', rec(id), 's', ARGV[4])
 if ARGV[10] ~= '' then redis.call('HSET', rec(id), 'r', ARGV[10]) end
 place(id, ARGV[5], cur.ty, cur.pr, cur.fk or '', ARGV[6], ARGV[7], ARGV[8])
+flush()
 return 1
 `}
 
@@ -475,7 +732,7 @@ return 1
 // priority, at, keep, cap, limit.
 // Returns 'ok', 'conflict' (changed meanwhile: read again), 'gone' or
 // 'full'.
-var updateScript = script{allowOOM: true, body: prelude + `
+var updateScript = script{name: "update", allowOOM: true, libs: prelude + waitingLib, body: `
 local id = ARGV[2]
 local raw = redis.call('HGET', rec(id), 's')
 if not raw then return 'gone' end
@@ -489,13 +746,14 @@ unplace(id, ARGV[5], ARGV[7], ARGV[8], key)
 redis.call('HSET', rec(id), 's', ARGV[4])
 if ARGV[6] ~= 'succeeded' then redis.call('HDEL', rec(id), 'r') end
 place(id, ARGV[6], ARGV[7], ARGV[8], key, ARGV[9], ARGV[10], ARGV[11])
+flush()
 return 'ok'
 `}
 
 // deleteScript removes a task if its state is still exactly the one the
 // caller read. ARGV: tag, id, expected state, status, type.
 // Returns 'ok', 'conflict' or 'gone'.
-var deleteScript = script{allowOOM: true, body: prelude + `
+var deleteScript = script{name: "delete", allowOOM: true, libs: prelude, body: `
 local id = ARGV[2]
 local raw = redis.call('HGET', rec(id), 's')
 if not raw then return 'gone' end
@@ -503,6 +761,7 @@ if raw ~= ARGV[3] then return 'conflict' end
 local st = cjson.decode(raw)
 unplace(id, ARGV[4], ARGV[5], st.pr, st.fk or '')
 redis.call('DEL', rec(id))
+flush()
 return 'ok'
 `}
 
@@ -512,7 +771,7 @@ return 'ok'
 // Returns the ids whose attempt is no longer this instance's (recovered
 // elsewhere, or cancelled); an attempt its owner already settled is not
 // among them.
-var renewScript = script{allowOOM: true, body: prelude + `
+var renewScript = script{name: "renew", allowOOM: true, libs: names, body: `
 local lost = {}
 for i = 3, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
@@ -534,7 +793,7 @@ return lost
 // checkScript reads, without writing, which of this instance's attempts
 // no longer count: their task was cancelled or taken over.
 // ARGV: tag, id, token, id, token, ... Returns those ids.
-var checkScript = script{allowOOM: true, body: prelude + `
+var checkScript = script{name: "check", allowOOM: true, libs: names, body: `
 local gone = {}
 for i = 2, #ARGV, 2 do
   local raw = redis.call('HGET', rec(ARGV[i]), 's')
@@ -552,7 +811,7 @@ return gone
 // lost (then it looks through the running set, which only happens after
 // an outage).
 // ARGV: tag, 'ids' or 'prefixes', ... Returns how many it put back.
-var undoScript = script{allowOOM: true, body: prelude + `
+var undoScript = script{name: "undo", allowOOM: true, libs: prelude, body: `
 local function undo(id, st)
   local q = st.q
   unplace(id, 'running', st.ty, st.pr, st.fk or '')
@@ -584,6 +843,7 @@ else
     end
   end
 end
+flush()
 return n
 `}
 
@@ -592,7 +852,7 @@ return n
 // the finished indexes and counters), and returns up to 100 running tasks
 // whose lease has expired.
 // ARGV: tag, now_ms, now_ns, retention_ms, failed_retention_ms.
-var maintainScript = script{allowOOM: true, body: prelude + `
+var maintainScript = script{name: "maintain", allowOOM: true, libs: prelude + promoteLib, body: `
 promote(ARGV[2], ARGV[3], 1000)
 for k, set in ipairs({FINISHED, DEAD}) do
   local keep = tonumber(ARGV[3 + k])
@@ -602,6 +862,10 @@ for k, set in ipairs({FINISHED, DEAD}) do
     forget(m)
   end
 end
+-- Re-rank every type with pending tasks: tops is kept up to date by
+-- every script; this mends it within a tick should it ever drift.
+for _, ty in ipairs(redis.call('SMEMBERS', PTYPES)) do touched[ty] = true end
+flush()
 return redis.call('ZRANGEBYSCORE', RUNNING, '-inf', ARGV[2], 'LIMIT', 0, 100)
 `}
 
@@ -609,7 +873,7 @@ return redis.call('ZRANGEBYSCORE', RUNNING, '-inf', ARGV[2], 'LIMIT', 0, 100)
 // line: per type with pending tasks, per priority, the oldest task of the
 // key whose turn it is.
 // ARGV: tag. Returns {counts (flat field, value, ...), state, state, ...}.
-var statsScript = script{allowOOM: true, body: prelude + `
+var statsScript = script{name: "stats", allowOOM: true, libs: names, body: `
 local out = {redis.call('HGETALL', COUNTS)}
 for _, ty in ipairs(redis.call('SMEMBERS', PTYPES)) do
   for _, pr in ipairs(redis.call('ZRANGE', levels(ty), 0, -1)) do
@@ -629,7 +893,7 @@ return out
 // with no lease gets an expired one, so recovery fails that attempt under
 // the retry policy.
 // ARGV: tag, id. Returns 1 when it repaired something.
-var repairScript = script{allowOOM: true, body: prelude + `
+var repairScript = script{name: "repair", allowOOM: true, libs: prelude, body: `
 local id = ARGV[2]
 local raw = redis.call('HGET', rec(id), 's')
 if not raw then return 0 end
@@ -653,6 +917,7 @@ else
   return 0
 end
 redis.call('ZADD', idx(st.s, st.ty), 0, id)
+flush()
 return 1
 `}
 
@@ -660,7 +925,7 @@ return 1
 // one ready set (scored (9 - priority) * 2^48 + seq) into the ready
 // structure, in order; they are indexed and counted already.
 // ARGV: tag, old ready key. Returns how many are left to move.
-var convertV2Script = script{allowOOM: true, body: prelude + `
+var convertV2Script = script{name: "convertV2", allowOOM: true, libs: prelude, body: `
 local popped = redis.call('ZPOPMIN', ARGV[2], 500)
 for i = 1, #popped, 2 do
   local id = popped[i]
@@ -671,5 +936,6 @@ for i = 1, #popped, 2 do
     redis.call('SADD', PTYPES, st.ty)
   end
 end
+flush()
 return redis.call('ZCARD', ARGV[2])
 `}

@@ -171,7 +171,7 @@ func (o *ours) broker() *redis.Broker {
 	policy, _ := domain.NewRetryPolicy(time.Second, time.Minute)
 	b, err := redis.New(context.Background(), redis.Options{
 		URL: o.url, Prefix: o.prefix, QueueSize: 10 * *tasks, Retention: time.Minute,
-		Lease: 30 * time.Second, Policy: policy, Log: o.log,
+		Lease: 30 * time.Second, Policy: policy, Log: o.log, Types: []string{"noop"},
 	})
 	check(err)
 	return b
