@@ -3,6 +3,7 @@ package application_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -395,4 +396,48 @@ func TestAbortEndsPendingSettle(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Abort did not end the settle")
 	}
+}
+
+// A handler that asks for a later retry gets it, up to the policy's
+// maximum; one that asks for none fails the task for good.
+func TestProcessHandlerBackpressure(t *testing.T) {
+	t.Run("RetryAfterLongerThanBackoff", func(t *testing.T) {
+		s := newProcessorSUT(t)
+		task := runningTask(t, "webhook", 3, 1)
+		s.handler.EXPECT().Handle(gomock.Any(), task).Return(fmt.Errorf("wrapped: %w", &domain.RetryAfterError{After: 30 * time.Second, Err: errors.New("429")}))
+		got := s.process(t, task)
+		if got.Status() != domain.StatusRetrying || got.NextAttemptAt() != now.Add(30*time.Second) || got.RetriesLeft() != 2 {
+			t.Fatalf("after Retry-After 30s: %+v", got.Snapshot())
+		}
+	})
+	t.Run("RetryAfterCappedAtMaxBackoff", func(t *testing.T) {
+		s := newProcessorSUT(t)
+		task := runningTask(t, "webhook", 3, 1)
+		s.handler.EXPECT().Handle(gomock.Any(), task).Return(&domain.RetryAfterError{After: 24 * time.Hour, Err: errors.New("503")})
+		got := s.process(t, task)
+		if got.NextAttemptAt() != now.Add(s.policy.Max()) {
+			t.Fatalf("Retry-After of a day: next attempt at %v; want the policy's max %v later", got.NextAttemptAt(), s.policy.Max())
+		}
+	})
+	t.Run("RetryAfterShorterThanBackoff", func(t *testing.T) {
+		s := newProcessorSUT(t)
+		task := runningTask(t, "webhook", 3, 3)
+		s.handler.EXPECT().Handle(gomock.Any(), task).Return(&domain.RetryAfterError{After: time.Millisecond, Err: errors.New("429")})
+		got := s.process(t, task)
+		if got.NextAttemptAt() != now.Add(s.policy.NextDelay(3, 0.5)) {
+			t.Fatalf("a short Retry-After shortened the backoff: %v", got.NextAttemptAt())
+		}
+	})
+	t.Run("NoRetry", func(t *testing.T) {
+		s := newProcessorSUT(t)
+		task := runningTask(t, "webhook", 5, 1)
+		s.handler.EXPECT().Handle(gomock.Any(), task).Return(&domain.NoRetryError{Err: errors.New("webhook returned 422: bad input")})
+		got := s.process(t, task)
+		if got.Status() != domain.StatusFailed || got.RetriesLeft() != 0 || !strings.Contains(got.LastError(), "asked not to retry") {
+			t.Fatalf("after no-retry: %+v", got.Snapshot())
+		}
+		if lastLevel(s.logs) != logrus.ErrorLevel {
+			t.Fatalf("logged at %v", lastLevel(s.logs))
+		}
+	})
 }

@@ -496,7 +496,7 @@ func TestErrorMessages(t *testing.T) {
 		target error
 		want   string
 	}{
-		{&domain.UnknownTypeError{Type: "x", Known: []string{"a", "b"}}, domain.ErrUnknownTaskType, `no handler is registered for "x" (known types: a, b)`},
+		{&domain.UnknownTypeError{Type: "x", Known: []string{"a", "b"}}, domain.ErrUnknownTaskType, `"x" is not a type this instance runs or accepts (known types: a, b)`},
 		{&domain.TimeoutError{After: time.Second}, domain.ErrAttemptTimedOut, "timed out after 1s"},
 		{&domain.PanicError{Value: "oops"}, domain.ErrHandlerPanicked, "panicked: oops"},
 	} {

@@ -83,7 +83,7 @@ type UnknownTypeError struct {
 }
 
 func (e *UnknownTypeError) Error() string {
-	return fmt.Sprintf("type: no handler is registered for %q (known types: %s)", e.Type, strings.Join(e.Known, ", "))
+	return fmt.Sprintf("type: %q is not a type this instance runs or accepts (known types: %s)", e.Type, strings.Join(e.Known, ", "))
 }
 
 // Unwrap makes errors.Is(err, ErrUnknownTaskType) true.

@@ -297,7 +297,7 @@ func TestExitCodes(t *testing.T) {
 		want string
 	}{
 		{[]string{"--help"}, 0, "TASKQUEUE_WORKERS"},
-		{[]string{"--workers", "0"}, 2, "workers: must be at least 1"},
+		{[]string{"--workers", "-1"}, 2, "workers: must not be negative"},
 		{[]string{"--retry-max-backoff", "1ms"}, 2, "retry-max-backoff"},
 	} {
 		out, err := exec.Command(binary, tc.args...).CombinedOutput()

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 	"unicode/utf8"
 
 	"github.com/taskqueue/taskqueue/domain"
@@ -29,7 +30,11 @@ const ErrorBodyBytes = 512
 
 // Webhook runs an attempt by POSTing the task to a URL. The attempt
 // succeeds only if a 2xx status and the whole response body arrive within
-// the attempt's deadline; anything else fails it. Errors name the task
+// the attempt's deadline; anything else fails it. A receiver can push
+// back: 429 or 503 with Retry-After (seconds or an HTTP date) puts the
+// next attempt no sooner than that (capped by the retry policy's
+// maximum); X-Task-No-Retry: true on any other status than 2xx fails the
+// task for good. Errors name the task
 // type and what went wrong, never the URL (it may name internal hosts and
 // carry secrets in its query). Redirects are not followed, so a payload
 // only goes where the operator pointed it.
@@ -38,6 +43,7 @@ type Webhook struct {
 	url       string
 	client    *http.Client
 	maxResult int
+	now       func() time.Time // reads Retry-After dates
 }
 
 var _ ports.ResultHandler = (*Webhook)(nil)
@@ -65,7 +71,7 @@ func NewWebhook(taskType, rawURL string, client *http.Client, maxResult int) (*W
 	if maxResult <= 0 {
 		maxResult = domain.DefaultMaxResultBytes
 	}
-	return &Webhook{taskType: taskType, url: u.String(), client: client, maxResult: maxResult}, nil
+	return &Webhook{taskType: taskType, url: u.String(), client: client, maxResult: maxResult, now: time.Now}, nil
 }
 
 // RedactURL returns rawURL fit for a log line: its password and the
@@ -140,18 +146,72 @@ func (w *Webhook) HandleResult(ctx context.Context, task *domain.Task) ([]byte, 
 	}
 	head := make([]byte, 0, min(keep, 4096))
 	_, err = io.Copy(io.Discard, &capture{r: resp.Body, head: &head, max: keep})
+	var fail error
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("webhook for type %q returned %d but its response body did not arrive whole: %s", w.taskType, resp.StatusCode, reason(err))
+		fail = fmt.Errorf("webhook for type %q returned %d but its response body did not arrive whole: %s", w.taskType, resp.StatusCode, reason(err))
 	case !ok && len(head) > 0:
-		return nil, fmt.Errorf("webhook for type %q returned %d: %s", w.taskType, resp.StatusCode, printable(head))
+		fail = fmt.Errorf("webhook for type %q returned %d: %s", w.taskType, resp.StatusCode, printable(head))
 	case !ok:
-		return nil, fmt.Errorf("webhook for type %q returned %d", w.taskType, resp.StatusCode)
+		fail = fmt.Errorf("webhook for type %q returned %d", w.taskType, resp.StatusCode)
+	}
+	if fail != nil {
+		return nil, w.backpressure(resp, fail)
 	}
 	if len(head) > w.maxResult || json.Valid(head) || isJSON(resp.Header.Get("Content-Type")) {
 		return head, nil
 	}
 	return nil, nil // a body that is not JSON is not a result
+}
+
+// NoRetryHeader is the response header by which a webhook that fails an
+// attempt asks for no more attempts.
+const NoRetryHeader = "X-Task-No-Retry"
+
+// backpressure wraps a failed call's error in what the receiver asked
+// for: no more attempts (NoRetryHeader: true, any status but 2xx), or
+// none before Retry-After (on 429 and 503).
+func (w *Webhook) backpressure(resp *http.Response, fail error) error {
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		if strings.EqualFold(strings.TrimSpace(resp.Header.Get(NoRetryHeader)), "true") {
+			return &domain.NoRetryError{Err: fail}
+		}
+	}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		if after, ok := ParseRetryAfter(resp.Header.Get("Retry-After"), w.now()); ok {
+			return &domain.RetryAfterError{After: after, Err: fmt.Errorf("%w (Retry-After: %s)", fail, after)}
+		}
+	}
+	return fail
+}
+
+// maxRetryAfter bounds what a Retry-After can ask for before the retry
+// policy's own cap applies (and keeps the arithmetic from overflowing).
+const maxRetryAfter = 366 * 24 * time.Hour
+
+// ParseRetryAfter reads a Retry-After value, delay-seconds or an HTTP date
+// (RFC 9110, section 10.2.3), as a wait from now: a date in the past is
+// no wait. It reports false for a value that is neither.
+func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if strings.Trim(v, "0123456789") == "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n > uint64(maxRetryAfter/time.Second) { // err: too many digits
+			return maxRetryAfter, true
+		}
+		return time.Duration(n) * time.Second, true
+	}
+	if len(v) > 64 {
+		return 0, false
+	}
+	at, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return min(max(at.Sub(now), 0), maxRetryAfter), true
 }
 
 // isJSON reports whether a Content-Type names JSON.

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -236,5 +237,86 @@ func TestWebhookResult(t *testing.T) {
 				t.Fatalf("result %q, %v; want %q", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// A receiver pushes back: 429/503 with Retry-After asks for a later next
+// attempt, X-Task-No-Retry: true for none.
+func TestWebhookBackpressure(t *testing.T) {
+	date := time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)
+	for _, tc := range []struct {
+		name       string
+		status     int
+		header     map[string]string
+		retryAfter time.Duration // 0: no RetryAfterError
+		noRetry    bool
+	}{
+		{"429 with seconds", 429, map[string]string{"Retry-After": "30"}, 30 * time.Second, false},
+		{"503 with a date", 503, map[string]string{"Retry-After": date}, 90 * time.Second, false},
+		{"429 with a date in the past", 429, map[string]string{"Retry-After": "Mon, 02 Jan 2006 15:04:05 GMT"}, -1, false},
+		{"500 with Retry-After is an ordinary failure", 500, map[string]string{"Retry-After": "30"}, 0, false},
+		{"429 with garbage", 429, map[string]string{"Retry-After": "soon"}, 0, false},
+		{"no retry on 422", 422, map[string]string{"X-Task-No-Retry": "true"}, 0, true},
+		{"no retry wins over Retry-After", 503, map[string]string{"X-Task-No-Retry": "TRUE", "Retry-After": "5"}, 0, true},
+		{"no retry only when true", 400, map[string]string{"X-Task-No-Retry": "yes"}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				for k, v := range tc.header {
+					w.Header().Set(k, v)
+				}
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte("slow down"))
+			}))
+			defer srv.Close()
+			err := webhook(t, srv.URL).Handle(context.Background(), runningTask(t))
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("returned %d: slow down", tc.status)) {
+				t.Fatalf("error %v", err)
+			}
+			var ra *domain.RetryAfterError
+			switch {
+			case tc.retryAfter == 0 && errors.As(err, &ra):
+				t.Fatalf("a RetryAfterError (%v) for %s", ra.After, tc.name)
+			case tc.retryAfter < 0:
+				if !errors.As(err, &ra) || ra.After != 0 {
+					t.Fatalf("want a RetryAfterError of 0, got %v", err)
+				}
+			case tc.retryAfter > 0:
+				if !errors.As(err, &ra) || ra.After > tc.retryAfter || ra.After < tc.retryAfter-2*time.Second {
+					t.Fatalf("want a RetryAfterError of about %v, got %v", tc.retryAfter, err)
+				}
+			}
+			var nr *domain.NoRetryError
+			if errors.As(err, &nr) != tc.noRetry {
+				t.Fatalf("NoRetryError: %v; want %v (%v)", !tc.noRetry, tc.noRetry, err)
+			}
+		})
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"0", 0, true},
+		{" 120 ", 2 * time.Minute, true},
+		{"99999999999999999999", 366 * 24 * time.Hour, true}, // past uint64
+		{"9999999999", 366 * 24 * time.Hour, true},
+		{"-5", 0, false},
+		{"1.5", 0, false},
+		{"Fri, 27 Nov 2026 12:01:00 GMT", time.Minute, true},
+		{"Friday, 27-Nov-26 12:01:00 GMT", time.Minute, true}, // RFC 850
+		{"Fri Nov 27 12:01:00 2026", time.Minute, true},       // asctime
+		{"Thu, 26 Nov 2026 12:00:00 GMT", 0, true},
+		{"", 0, false},
+		{strings.Repeat("x", 1000), 0, false},
+	} {
+		got, ok := handlers.ParseRetryAfter(tc.in, now)
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("ParseRetryAfter(%.20q) = %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
 	}
 }

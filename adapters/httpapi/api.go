@@ -75,6 +75,9 @@ func (a *API) routes() {
 	a.router.HandleFunc("/task/{id}/cancel", a.cancel).Methods(http.MethodPost)
 	a.router.HandleFunc("/task/{id}/retry", a.retry).Methods(http.MethodPost)
 	a.router.HandleFunc("/stats", a.stats).Methods(http.MethodGet, http.MethodHead)
+	a.router.HandleFunc("/types", a.types).Methods(http.MethodGet, http.MethodHead)
+	a.router.HandleFunc("/types/{type}/pause", a.pause).Methods(http.MethodPost)
+	a.router.HandleFunc("/types/{type}/resume", a.resume).Methods(http.MethodPost)
 	a.router.HandleFunc("/healthz", a.health).Methods(http.MethodGet, http.MethodHead)
 	a.router.HandleFunc("/readyz", a.ready).Methods(http.MethodGet, http.MethodHead)
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -45,7 +45,7 @@ func newFieldSet(names ...string) fieldSet {
 
 // The fields each request body accepts.
 var (
-	submitFields = newFieldSet("type", "payload", "max_retries", "priority", "run_at", "delay")
+	submitFields = newFieldSet("type", "payload", "max_retries", "priority", "run_at", "delay", "key")
 	batchFields  = newFieldSet("tasks")
 	retryFields  = newFieldSet("status", "type")
 )
@@ -59,6 +59,7 @@ type submitRequest struct {
 	Priority   json.RawMessage `json:"priority"`
 	RunAt      json.RawMessage `json:"run_at"`
 	Delay      json.RawMessage `json:"delay"`
+	Key        json.RawMessage `json:"key"`
 }
 
 // readBody reads at most limit bytes of the request body, reporting an
@@ -127,6 +128,14 @@ func decodeSubmission(body []byte) (ports.Submission, error) {
 			return sub, badRequest("delay: must be at most %d days, got %s", domain.MaxScheduleAhead/(24*time.Hour), quoted(raw))
 		}
 		sub.Delay = d
+	}
+	if req.Key != nil {
+		if sub.Key, err = decodeString(req.Key, "key", false); err != nil {
+			return sub, err
+		}
+		if err := domain.ValidateKey(sub.Key); err != nil {
+			return sub, err
+		}
 	}
 	return sub, nil
 }

@@ -24,6 +24,7 @@ type taskResponse struct {
 	Type            string          `json:"type"`
 	Payload         json.RawMessage `json:"payload,omitempty"`
 	Priority        int             `json:"priority"`
+	Key             string          `json:"key,omitempty"`
 	MaxRetries      int             `json:"max_retries"`
 	Status          string          `json:"status"`
 	Attempts        int             `json:"attempts"`
@@ -50,6 +51,31 @@ type statsResponse struct {
 	OldestPendingAgeSeconds float64                     `json:"oldest_pending_age_seconds"`
 }
 
+type typeResponse struct {
+	Name string `json:"name"`
+	// Runs says whether the instance that answered has the type's
+	// handler; other instances may.
+	Runs   bool             `json:"runs_here"`
+	Limits *limitsResponse  `json:"limits,omitempty"`
+	Paused bool             `json:"paused"`
+	Counts map[string]int64 `json:"counts"`
+}
+
+type limitsResponse struct {
+	Concurrency int    `json:"concurrency,omitempty"`
+	Rate        int    `json:"rate,omitempty"`
+	Period      string `json:"period,omitempty"`
+}
+
+type typesResponse struct {
+	Types []typeResponse `json:"types"`
+}
+
+type pausedResponse struct {
+	Type   string `json:"type"`
+	Paused bool   `json:"paused"`
+}
+
 type retriedResponse struct {
 	Retried int `json:"retried"`
 }
@@ -65,6 +91,7 @@ func toTaskResponse(t *domain.Task, full bool) taskResponse {
 		ID:            t.ID().String(),
 		Type:          t.Type(),
 		Priority:      t.Priority().Level(),
+		Key:           t.Key(),
 		MaxRetries:    t.MaxRetries(),
 		Status:        t.Status().String(),
 		Attempts:      t.Attempts(),
@@ -121,4 +148,22 @@ func formatTime(t time.Time) string {
 		return ""
 	}
 	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func toTypesResponse(infos []ports.TypeInfo) typesResponse {
+	out := typesResponse{Types: make([]typeResponse, len(infos))}
+	for i, ti := range infos {
+		r := typeResponse{Name: ti.Name, Runs: ti.Runs, Paused: ti.Paused, Counts: map[string]int64{}}
+		for _, s := range domain.Statuses() {
+			r.Counts[s.String()] = ti.Counts[s]
+		}
+		if l := ti.Limits; l.Concurrency > 0 || l.Rate > 0 {
+			r.Limits = &limitsResponse{Concurrency: l.Concurrency, Rate: l.Rate}
+			if l.Rate > 0 {
+				r.Limits.Period = l.Period.String()
+			}
+		}
+		out.Types[i] = r
+	}
+	return out
 }

@@ -88,7 +88,7 @@ func TestSubmitBatch(t *testing.T) {
 		}
 	}
 	s.svc.EXPECT().SubmitBatch(gomock.Any(), gomock.Any()).Return(nil, &domain.ItemError{Index: 4, Err: &domain.UnknownTypeError{Type: "z", Known: []string{"x"}}})
-	if msg := errorOf(t, s.do("POST", "/tasks", `{"tasks":[{"type":"z"}]}`), 400); !strings.HasPrefix(msg, "tasks[4].type: no handler") {
+	if msg := errorOf(t, s.do("POST", "/tasks", `{"tasks":[{"type":"z"}]}`), 400); !strings.HasPrefix(msg, "tasks[4].type: \"z\" is not a type") {
 		t.Fatalf("unknown type in a batch: %q", msg)
 	}
 	s.svc.EXPECT().SubmitBatch(gomock.Any(), gomock.Any()).Return(nil, domain.ErrQueueFull)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/gorilla/mux"
 
 	"github.com/taskqueue/taskqueue/domain"
 	"github.com/taskqueue/taskqueue/ports"
@@ -156,4 +157,33 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, toStatsResponse(st, time.Now()))
+}
+
+func (a *API) types(w http.ResponseWriter, r *http.Request) {
+	infos, err := a.svc.Types(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toTypesResponse(infos))
+}
+
+// pause and resume answer 200 with the type's new state; both are
+// idempotent.
+func (a *API) pause(w http.ResponseWriter, r *http.Request) {
+	typ := mux.Vars(r)["type"]
+	if err := a.svc.Pause(r.Context(), typ); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, pausedResponse{Type: typ, Paused: true})
+}
+
+func (a *API) resume(w http.ResponseWriter, r *http.Request) {
+	typ := mux.Vars(r)["type"]
+	if err := a.svc.Resume(r.Context(), typ); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, pausedResponse{Type: typ, Paused: false})
 }

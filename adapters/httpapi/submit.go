@@ -172,7 +172,7 @@ func fingerprint(endpoint string, subs ...ports.Submission) string {
 		if !s.RunAt.IsZero() {
 			runAt = s.RunAt.UTC().Format(time.RFC3339Nano)
 		}
-		for _, part := range []string{s.Type, strconv.Itoa(s.Priority), strconv.Itoa(s.MaxRetries), runAt, s.Delay.String()} {
+		for _, part := range []string{s.Type, strconv.Itoa(s.Priority), strconv.Itoa(s.MaxRetries), runAt, s.Delay.String(), s.Key} {
 			h.Write([]byte{0})
 			h.Write([]byte(part))
 		}

@@ -61,19 +61,29 @@ redis.call('HINCRBY', COUNTS, st .. '|' .. ty, 1)
 return 1
 `)
 
+// migrationLock takes the lock under which one instance converts a queue
+// while others refuse to start, and returns its release.
+func migrationLock(ctx context.Context, rdb *goredis.Client, k keys, instance string) (unlock func(), err error) {
+	lock := k.schema + ":migrating"
+	ok, err := rdb.SetNX(ctx, lock, instance, 10*time.Minute).Result()
+	if err != nil {
+		return nil, fmt.Errorf("migrate queue: %w", err)
+	}
+	if !ok {
+		return nil, errors.New("another instance is converting this queue from the older key layout; start again when it is done")
+	}
+	return func() { rdb.Del(context.WithoutCancel(ctx), lock) }, nil
+}
+
 // migrateV1 rewrites a v1 queue in the current layout, under a lock so
 // several instances starting at once migrate it once. It is safe to run
 // again after an interruption: it converts only what is still in v1 form.
 func migrateV1(ctx context.Context, rdb *goredis.Client, k keys, instance string, log logrus.FieldLogger) error {
-	lock := k.schema + ":migrating"
-	ok, err := rdb.SetNX(ctx, lock, instance, 10*time.Minute).Result()
+	unlock, err := migrationLock(ctx, rdb, k, instance)
 	if err != nil {
-		return fmt.Errorf("migrate queue: %w", err)
+		return err
 	}
-	if !ok {
-		return errors.New("another instance is converting this queue from the older key layout; start again when it is done")
-	}
-	defer rdb.Del(context.WithoutCancel(ctx), lock)
+	defer unlock()
 	started := time.Now()
 	// The first layout's finished list has the name of the new sorted set:
 	// move it aside (the records say what finished), and drop it at the
@@ -197,15 +207,11 @@ func convertV1(ctx context.Context, rdb *goredis.Client, k keys, key string, m g
 // An attempt that an instance of the second layout started keeps its
 // place in that score; place takes the sequence number out of it.
 func migrateV2(ctx context.Context, rdb *goredis.Client, k keys, sc scripts, instance string, log logrus.FieldLogger) error {
-	lock := k.schema + ":migrating"
-	ok, err := rdb.SetNX(ctx, lock, instance, 10*time.Minute).Result()
+	unlock, err := migrationLock(ctx, rdb, k, instance)
 	if err != nil {
-		return fmt.Errorf("migrate queue: %w", err)
+		return err
 	}
-	if !ok {
-		return errors.New("another instance is converting this queue from the older key layout; start again when it is done")
-	}
-	defer rdb.Del(context.WithoutCancel(ctx), lock)
+	defer unlock()
 	started := time.Now()
 	moved, _ := rdb.ZCard(ctx, k.readyV2).Result()
 	for {

@@ -46,6 +46,11 @@ type config struct {
 	RedisURL        string
 	RedisPrefix     string
 	Lease           time.Duration
+	// Flow control.
+	TypeLimits     map[string]domain.TypeLimits
+	KeyConcurrency int
+	PriorityAging  time.Duration
+	AcceptTypes    []string
 }
 
 // Brokers the service can run on.
@@ -150,7 +155,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs := flag.NewFlagSet("taskqueue", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.Addr, "addr", ":8080", "address the HTTP API listens on")
-	fs.IntVar(&cfg.Workers, "workers", 5, "task attempts run at once")
+	fs.IntVar(&cfg.Workers, "workers", 5, "task attempts run at once; 0 runs an API-only instance that takes submissions and runs nothing")
 	fs.IntVar(&cfg.QueueSize, "queue-size", 10000, "most pending tasks; more submissions get 503")
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", httpapi.DefaultMaxBodyBytes, "largest request body in bytes; larger gets 413")
 	fs.DurationVar(&retryInitial, "retry-initial-backoff", time.Second, "wait after the first failed attempt; doubles each retry")
@@ -169,6 +174,10 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "the whole shutdown's budget: running attempts get most of it, then they are handed back and everything is closed within it")
 	fs.StringVar(&cfg.InstanceID, "instance-id", defaultInstanceID(), "names this instance in every log line and, with Redis, in the state of the attempts it runs (default host:pid)")
 	fs.Var(webhookFlag{&cfg.Webhooks}, "handler", "TYPE=URL: run tasks of TYPE by POSTing them to URL (repeatable; the variable takes t1=url1,t2=url2)")
+	fs.Var(typesFlag{&cfg.AcceptTypes}, "accept-type", "TYPE: also take submissions of TYPE, which other instances run (repeatable; the variable takes t1,t2)")
+	fs.Var(typeLimitsFlag{&cfg.TypeLimits}, "type-limit", "TYPE=concurrency:N,rate:R/PERIOD: at most N attempts of TYPE at once and R started per PERIOD (a token bucket holding R), across every instance sharing the broker; give the same limits to every instance (repeatable; the variable separates entries with ;)")
+	fs.Var(keyLimitFlag{&cfg.KeyConcurrency}, "key-limit", "concurrency:N: at most N running attempts per fairness key, across every instance (tasks without a key are not capped)")
+	fs.DurationVar(&cfg.PriorityAging, "priority-aging", 0, "a pending task counts one priority level higher for every DURATION it has waited (up to 9), so low priorities are not starved; 0 keeps strict priority order")
 	fs.StringVar(&cfg.Broker, "broker", brokerMemory, "where tasks are kept: memory (this process only) or redis (shared by every instance, durable)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis to use with --broker redis")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "taskqueue", "names the queue in Redis: keys are {PREFIX}:...; instances with the same prefix share it")
@@ -203,8 +212,11 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 			return
 		}
 		values := []string{v}
-		if f.Name == "handler" {
+		switch f.Name {
+		case "handler", "accept-type":
 			values = strings.Split(v, ",")
+		case "type-limit":
+			values = splitTypeLimits(v)
 		}
 		for _, val := range values {
 			if err := f.Value.Set(strings.TrimSpace(val)); err != nil {
@@ -232,8 +244,10 @@ func invalid(flag, format string, args ...any) error {
 func (c *config) validate(retryInitial, retryMax time.Duration) error {
 	var err error
 	switch {
-	case c.Workers < 1:
-		return invalid("workers", "must be at least 1, got %d", c.Workers)
+	case c.Workers < 0:
+		return invalid("workers", "must not be negative, got %d", c.Workers)
+	case c.PriorityAging < 0 || (c.PriorityAging > 0 && c.PriorityAging < time.Millisecond):
+		return invalid("priority-aging", "must be 0 (off) or at least 1ms, got %s", c.PriorityAging)
 	case c.QueueSize < 1:
 		return invalid("queue-size", "must be at least 1, got %d", c.QueueSize)
 	case c.MaxBodyBytes < 1:
@@ -346,8 +360,13 @@ func flagError(err error) error {
 
 // envName maps a flag name to its environment variable.
 func envName(flag string) string {
-	if flag == "handler" {
+	switch flag {
+	case "handler":
 		return envPrefix + "HANDLERS"
+	case "accept-type":
+		return envPrefix + "ACCEPT_TYPES"
+	case "type-limit":
+		return envPrefix + "TYPE_LIMITS"
 	}
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }

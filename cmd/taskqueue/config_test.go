@@ -55,7 +55,22 @@ func TestConfigInvalid(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{[]string{"--workers", "0"}, nil, "workers"},
+		{[]string{"--workers", "-1"}, nil, "workers"},
+		{[]string{"--type-limit", "resize"}, nil, "TYPE=concurrency:N"},
+		{[]string{"--type-limit", "resize=concurrency:0"}, nil, "concurrency must be"},
+		{[]string{"--type-limit", "resize=concurrency:2,concurrency:3"}, nil, "given once"},
+		{[]string{"--type-limit", "resize=rate:10"}, nil, "PERIOD of at least 1ms"},
+		{[]string{"--type-limit", "resize=rate:10/0s"}, nil, "PERIOD of at least 1ms"},
+		{[]string{"--type-limit", "resize=rate:x/1s"}, nil, "rate must be"},
+		{[]string{"--type-limit", "resize=speed:3"}, nil, `unknown limit "speed"`},
+		{[]string{"--type-limit", "bad type=concurrency:1"}, nil, "type"},
+		{[]string{"--type-limit", "a=concurrency:1", "--type-limit", "a=concurrency:2"}, nil, "twice"},
+		{nil, map[string]string{"TASKQUEUE_TYPE_LIMITS": "a=concurrency:1;b=nope:1"}, "TASKQUEUE_TYPE_LIMITS"},
+		{[]string{"--key-limit", "3"}, nil, "concurrency:N"},
+		{[]string{"--key-limit", "concurrency:0"}, nil, "concurrency:N"},
+		{[]string{"--priority-aging", "-1s"}, nil, "priority-aging"},
+		{[]string{"--priority-aging", "10us"}, nil, "priority-aging"},
+		{[]string{"--accept-type", "no spaces"}, nil, "type"},
 		{[]string{"--queue-size", "-1"}, nil, "queue-size"},
 		{[]string{"--max-body-bytes", "0"}, nil, "max-body-bytes"},
 		{[]string{"--task-timeout", "0s"}, nil, "task-timeout"},
@@ -94,6 +109,34 @@ func TestConfigInvalid(t *testing.T) {
 		_, err := parseConfig(tc.args, env(tc.env), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v %v: error %v; want it to mention %q", tc.args, tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestFlowControlSettings(t *testing.T) {
+	cfg, err := parseConfig([]string{"--workers", "0", "--type-limit", "resize=concurrency:10,rate:100/1s", "--type-limit", "mail=rate:5/m",
+		"--key-limit", "concurrency:1", "--priority-aging", "30s", "--accept-type", "report", "--accept-type", "pdf"}, env(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers != 0 || cfg.KeyConcurrency != 1 || cfg.PriorityAging != 30*time.Second || strings.Join(cfg.AcceptTypes, ",") != "report,pdf" {
+		t.Fatalf("got %+v", cfg)
+	}
+	if l := cfg.TypeLimits["resize"]; l.Concurrency != 10 || l.Rate != 100 || l.Period != time.Second {
+		t.Fatalf("resize: %+v", l)
+	}
+	if l := cfg.TypeLimits["mail"]; l.Concurrency != 0 || l.Rate != 5 || l.Period != time.Minute {
+		t.Fatalf("mail: %+v", l)
+	}
+	// The variables: limits separated by ';' or by ',' before a new TYPE=.
+	for _, v := range []string{"resize=concurrency:10,rate:100/1s;mail=rate:5/1m", "resize=concurrency:10,rate:100/1s,mail=rate:5/1m"} {
+		cfg, err = parseConfig(nil, env(map[string]string{"TASKQUEUE_TYPE_LIMITS": v, "TASKQUEUE_ACCEPT_TYPES": "a, b", "TASKQUEUE_KEY_LIMIT": "concurrency:2"}), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		if len(cfg.TypeLimits) != 2 || cfg.TypeLimits["resize"].Rate != 100 || cfg.TypeLimits["mail"].Period != time.Minute ||
+			strings.Join(cfg.AcceptTypes, ",") != "a,b" || cfg.KeyConcurrency != 2 {
+			t.Fatalf("%s: %+v", v, cfg)
 		}
 	}
 }
@@ -138,7 +181,8 @@ func TestHelpListsEverySettingAndExitsZero(t *testing.T) {
 	}
 	for _, name := range []string{"addr", "workers", "queue-size", "max-body-bytes", "retry-initial-backoff", "retry-max-backoff",
 		"task-timeout", "retention", "max-finished", "shutdown-timeout", "handler", "log-level", "log-format", "broker", "redis-url", "redis-prefix", "lease", "TASKQUEUE_HANDLERS", "TASKQUEUE_QUEUE_SIZE", "TASKQUEUE_REDIS_URL",
-		"memory-limit", "instance-id", "TASKQUEUE_INSTANCE_ID", "--version", "healthcheck"} {
+		"memory-limit", "instance-id", "TASKQUEUE_INSTANCE_ID", "--version", "healthcheck",
+		"type-limit", "TASKQUEUE_TYPE_LIMITS", "key-limit", "priority-aging", "accept-type", "TASKQUEUE_ACCEPT_TYPES"} {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("--help does not mention %s", name)
 		}

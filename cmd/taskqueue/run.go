@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"syscall"
@@ -99,8 +100,10 @@ func run(signals <-chan os.Signal, args []string, getenv func(string) string, st
 		return failure
 	case sig := <-hard:
 		fields := s.broker.left()
-		fields["running_attempts"] = s.pool.Busy()
-		fields["abandoned_handlers"] = s.proc.Abandoned()
+		if s.pool != nil {
+			fields["running_attempts"] = s.pool.Busy()
+			fields["abandoned_handlers"] = s.proc.Abandoned()
+		}
 		log.WithFields(fields).Error("second signal: exiting now without finishing the shutdown")
 		code := 1
 		if n, ok := sig.(syscall.Signal); ok {
@@ -136,7 +139,40 @@ type service struct {
 // opened before returning.
 func start(ctx context.Context, cfg config, getenv func(string) string, log logrus.FieldLogger) (s *service, err error) {
 	plan := planShutdown(cfg.ShutdownTimeout)
-	broker, err := openBroker(ctx, cfg, log)
+	taskHandlers := builtinHandlers(log)
+	client := handlers.NewHTTPClient(max(cfg.Workers, 1))
+	for _, w := range cfg.Webhooks {
+		if _, taken := taskHandlers[w.Type]; taken {
+			return nil, &exitError{code: 2, err: fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)}
+		}
+		h, err := handlers.NewWebhook(w.Type, w.URL, client, int(cfg.MaxResultBytes))
+		if err != nil {
+			return nil, &exitError{code: 2, err: err}
+		}
+		taskHandlers[w.Type] = h
+	}
+	// The types this instance runs (it takes their tasks from the broker)
+	// and the ones it accepts (it takes their submissions): an API-only
+	// instance runs none.
+	runs := []string{}
+	accepts := slices.Clone(cfg.AcceptTypes)
+	for t := range taskHandlers {
+		if cfg.Workers > 0 {
+			runs = append(runs, t)
+		}
+		if !slices.Contains(accepts, t) {
+			accepts = append(accepts, t)
+		}
+	}
+	sort.Strings(runs)
+	sort.Strings(accepts)
+	for t := range cfg.TypeLimits {
+		if !slices.Contains(accepts, t) {
+			log.WithField("type", t).Warn("--type-limit names a type this instance neither runs nor accepts; it is shown by GET /types and applies on the instances that run it")
+		}
+	}
+
+	broker, err := openBroker(ctx, cfg, runs, log)
 	if err != nil {
 		return nil, err
 	}
@@ -152,36 +188,27 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 		// so the process stays within the memory limit plus a fixed margin.
 		debug.SetMemoryLimit(cfg.MemoryLimit + 2*inflightBodyBytes(cfg) + runtimeHeadroom)
 	}
-	pool, err := workerpool.New(cfg.Workers, log)
-	if err != nil {
-		return nil, &exitError{code: 2, err: err}
-	}
-	taskHandlers := builtinHandlers(log)
-	client := handlers.NewHTTPClient(cfg.Workers)
-	for _, w := range cfg.Webhooks {
-		if _, taken := taskHandlers[w.Type]; taken {
-			return nil, &exitError{code: 2, err: fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)}
-		}
-		h, err := handlers.NewWebhook(w.Type, w.URL, client, int(cfg.MaxResultBytes))
-		if err != nil {
+	var pool *workerpool.Pool
+	if cfg.Workers > 0 {
+		if pool, err = workerpool.New(cfg.Workers, log); err != nil {
 			return nil, &exitError{code: 2, err: err}
 		}
-		taskHandlers[w.Type] = h
 	}
-	types := make([]string, 0, len(taskHandlers))
-	for t := range taskHandlers {
-		types = append(types, t)
-	}
-	sort.Strings(types)
 
-	svc := application.NewService(broker, application.ServiceConfig{Types: types, MaxBatch: cfg.MaxBatch, IdempotencyTTL: cfg.IdempotencyTTL}, log)
-	proc := application.NewProcessor(broker, pool, taskHandlers, application.ProcessorConfig{
-		Policy:         cfg.RetryPolicy,
-		TaskTimeout:    cfg.TaskTimeout,
-		HandlerGrace:   plan.handlerGrace,
-		MaxAbandoned:   cfg.Workers,
-		MaxResultBytes: int(cfg.MaxResultBytes),
+	svc := application.NewService(broker, application.ServiceConfig{
+		Types: accepts, Runs: runs, Limits: cfg.TypeLimits,
+		MaxBatch: cfg.MaxBatch, IdempotencyTTL: cfg.IdempotencyTTL,
 	}, log)
+	var proc *application.Processor
+	if pool != nil {
+		proc = application.NewProcessor(broker, pool, taskHandlers, application.ProcessorConfig{
+			Policy:         cfg.RetryPolicy,
+			TaskTimeout:    cfg.TaskTimeout,
+			HandlerGrace:   plan.handlerGrace,
+			MaxAbandoned:   cfg.Workers,
+			MaxResultBytes: int(cfg.MaxResultBytes),
+		}, log)
+	}
 	api := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxInflightBodyBytes: inflightBodyBytes(cfg)}, log)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -204,15 +231,25 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 	go func() { s.serveErr <- s.srv.Serve(ln) }()
 	procCtx, stopTaking := context.WithCancel(context.Background())
 	s.stop = stopTaking
-	go func() { s.procDone <- proc.Run(procCtx) }()
+	if proc != nil {
+		go func() { s.procDone <- proc.Run(procCtx) }()
+	}
 
 	fields := settings(cfg)
 	fields["addr"] = ln.Addr().String()
 	fields["version"] = buildVersion()
-	fields["types"] = types
+	fields["runs_types"] = runs
+	fields["accepts_types"] = accepts
 	log.WithFields(fields).Info("taskqueue listening")
 	if cfg.Broker == brokerMemory {
 		log.Info("tasks are kept in this process's memory: they are lost when it stops; use --broker redis to keep them")
+	}
+	if cfg.Workers == 0 {
+		msg := "API-only instance (--workers 0): it takes submissions and runs no task; instances with workers that share its broker run them"
+		if cfg.Broker == brokerMemory {
+			msg = "--workers 0 with --broker memory: tasks are stored but nothing runs them, since no other instance can share this process's memory"
+		}
+		log.Warn(msg)
 	}
 	return s, nil
 }
@@ -241,6 +278,9 @@ func settings(cfg config) logrus.Fields {
 		"max_result_bytes":      cfg.MaxResultBytes,
 		"shutdown_timeout":      cfg.ShutdownTimeout.String(),
 		"webhooks":              webhooks,
+		"type_limits":           typeLimitsFlag{&cfg.TypeLimits}.String(),
+		"key_limit":             keyLimitFlag{&cfg.KeyConcurrency}.String(),
+		"priority_aging":        cfg.PriorityAging.String(),
 		"log_level":             cfg.LogLevel,
 		"log_format":            cfg.LogFormat,
 	}
@@ -288,10 +328,12 @@ func (s *service) shutdown(total time.Duration) {
 	plan := planShutdown(total)
 	s.svc.BeginShutdown()
 	s.stop()
-	if n := s.pool.Stop(plan.grace, plan.cancelWait); n > 0 {
-		s.log.WithField("count", n).Warn("shutdown timeout passed; cancelled running attempts and handed them back")
+	if s.pool != nil {
+		if n := s.pool.Stop(plan.grace, plan.cancelWait); n > 0 {
+			s.log.WithField("count", n).Warn("shutdown timeout passed; cancelled running attempts and handed them back")
+		}
+		s.proc.Abort() // outcomes still being recorded give up: the budget is spent
 	}
-	s.proc.Abort() // outcomes still being recorded give up: the budget is spent
 	httpCtx, cancelHTTP := context.WithTimeout(context.Background(), plan.httpClose)
 	defer cancelHTTP()
 	if err := s.srv.Shutdown(httpCtx); err != nil {
@@ -314,7 +356,7 @@ type openedBroker struct {
 
 // openBroker builds the configured broker. A Redis that cannot be reached
 // is an error naming the URL (exit code 1).
-func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (openedBroker, error) {
+func openBroker(ctx context.Context, cfg config, runs []string, log logrus.FieldLogger) (openedBroker, error) {
 	if cfg.Broker == brokerRedis {
 		rb, err := redis.New(ctx, redis.Options{
 			URL:             cfg.RedisURL,
@@ -327,6 +369,10 @@ func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (opened
 			MaxFailed:       cfg.MaxFailed,
 			Lease:           cfg.Lease,
 			Policy:          cfg.RetryPolicy,
+			Types:           runs,
+			Limits:          cfg.TypeLimits,
+			KeyConcurrency:  cfg.KeyConcurrency,
+			Aging:           cfg.PriorityAging,
 			Log:             log,
 		})
 		if err != nil {
@@ -353,6 +399,7 @@ func openBroker(ctx context.Context, cfg config, log logrus.FieldLogger) (opened
 		QueueSize: cfg.QueueSize, MemoryLimit: cfg.MemoryLimit,
 		Retention: cfg.Retention, MaxFinished: cfg.MaxFinished,
 		FailedRetention: cfg.FailedRetention, MaxFailed: cfg.MaxFailed,
+		Types: runs, Limits: cfg.TypeLimits, KeyConcurrency: cfg.KeyConcurrency, Aging: cfg.PriorityAging,
 	})
 	if err != nil {
 		return openedBroker{}, &exitError{code: 2, err: err}
