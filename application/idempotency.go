@@ -32,14 +32,14 @@ func (s *Service) Idempotent(ctx context.Context, key, fingerprint string, reque
 	response, err := request()
 	if err != nil {
 		if rerr := s.broker.Release(detached, key); rerr != nil {
-			s.log.WithError(rerr).Warn("cannot free an idempotency key after its request failed; it frees itself when its hold runs out")
+			s.logFor(ctx).WithError(rerr).Warn("cannot free an idempotency key after its request failed; it frees itself when its hold runs out")
 		}
 		return nil, false, err
 	}
 	if err := s.broker.Complete(detached, key, ports.IdempotencyRecord{Fingerprint: fingerprint, Done: true, Response: response}, s.cfg.IdempotencyTTL); err != nil {
 		// The request ran; only its replay is lost. A repeat after the hold
 		// runs out would run it again.
-		s.log.WithError(err).Warn("cannot store the response of an idempotent request; a repeat within the key's window gets 409 until its hold runs out, then runs again")
+		s.logFor(ctx).WithError(err).Warn("cannot store the response of an idempotent request; a repeat within the key's window gets 409 until its hold runs out, then runs again")
 	}
 	return response, false, nil
 }

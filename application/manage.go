@@ -23,7 +23,7 @@ func (s *Service) Cancel(ctx context.Context, id uuid.UUID) (*domain.Task, error
 	if err != nil {
 		return nil, fmt.Errorf("cancel task %s: %w", id, err)
 	}
-	s.log.WithFields(logrus.Fields{"task_id": id, "type": task.Type(), "was": was.String()}).Info("task cancelled")
+	s.logWith(ctx, logrus.Fields{"task_id": id, "type": task.Type(), "was": was.String()}).Info("task cancelled")
 	return task, nil
 }
 
@@ -34,7 +34,7 @@ func (s *Service) Retry(ctx context.Context, id uuid.UUID) (*domain.Task, error)
 	if err != nil {
 		return nil, fmt.Errorf("retry task %s: %w", id, err)
 	}
-	s.log.WithFields(logrus.Fields{"task_id": id, "type": task.Type(), "attempts": task.Attempts()}).Info("task retried by hand")
+	s.logWith(ctx, logrus.Fields{"task_id": id, "type": task.Type(), "attempts": task.Attempts()}).Info("task retried by hand")
 	return task, nil
 }
 
@@ -53,7 +53,7 @@ func (s *Service) RetryMany(ctx context.Context, status domain.Status, taskType 
 	}
 	n, err := s.broker.UpdateMany(ctx, filter, ports.MaxBulkRetry, func(t *domain.Task) error { return t.Retry(s.cfg.Now()) })
 	if n > 0 {
-		s.log.WithFields(logrus.Fields{"count": n, "status": status.String(), "type": taskType}).Info("tasks retried by hand")
+		s.logWith(ctx, logrus.Fields{"count": n, "status": status.String(), "type": taskType}).Info("tasks retried by hand")
 	}
 	if err != nil {
 		return n, fmt.Errorf("retry %s tasks: %w", status, err)
@@ -66,6 +66,6 @@ func (s *Service) Delete(ctx context.Context, id uuid.UUID) error {
 	if err := s.broker.Delete(ctx, id, (*domain.Task).CheckDelete); err != nil {
 		return fmt.Errorf("delete task %s: %w", id, err)
 	}
-	s.log.WithField("task_id", id).Info("task deleted")
+	s.logWith(ctx, logrus.Fields{"task_id": id}).Info("task deleted")
 	return nil
 }

@@ -43,6 +43,9 @@ type ProcessorConfig struct {
 	// MaxResultBytes bounds a stored result; longer ones are cut and
 	// flagged. Defaults to domain.DefaultMaxResultBytes.
 	MaxResultBytes int
+	// Observer is told of every attempt's start and outcome; none when
+	// nil.
+	Observer ports.Observer
 	// Now and Random default to the wall clock and math/rand/v2.
 	Now    func() time.Time
 	Random func() float64
@@ -62,6 +65,7 @@ type Processor struct {
 	settleCtx context.Context
 	abort     context.CancelFunc
 	abandoned atomic.Int64
+	running   atomic.Int64
 }
 
 // NewProcessor returns a processor for the given handlers, keyed by type.
@@ -83,6 +87,9 @@ func NewProcessor(queue ports.TaskQueue, exec ports.Executor, handlers map[strin
 	}
 	if cfg.MaxResultBytes <= 0 {
 		cfg.MaxResultBytes = domain.DefaultMaxResultBytes
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = ports.NopObserver{}
 	}
 	settleCtx, abort := context.WithCancel(context.Background())
 	return &Processor{queue: queue, exec: exec, handlers: handlers, cfg: cfg, log: log, settleCtx: settleCtx, abort: abort}
@@ -121,6 +128,10 @@ func (p *Processor) Abort() { p.abort() }
 // running: handlers that did not return when their context ended.
 func (p *Processor) Abandoned() int { return int(p.abandoned.Load()) }
 
+// Running returns how many attempts are running now: taken from the
+// broker and not yet recorded (workers waiting for a task do not count).
+func (p *Processor) Running() int { return int(p.running.Load()) }
+
 // ProcessNext waits on takeCtx for a task, runs one attempt of it under
 // workCtx and the task timeout, and records the outcome. It returns
 // takeCtx's error or domain.ErrShuttingDown when there will be no task; a
@@ -149,6 +160,8 @@ type outcome struct {
 }
 
 func (p *Processor) runAttempt(workCtx context.Context, att ports.Attempt) {
+	p.running.Add(1)
+	defer p.running.Add(-1)
 	task := att.Task
 	attempt := task.Attempts()
 	fields := logrus.Fields{
@@ -161,6 +174,9 @@ func (p *Processor) runAttempt(workCtx context.Context, att ports.Attempt) {
 		p.log.WithFields(fields).Debug("attempt started")
 	}
 	start := p.cfg.Now()
+	if !att.Ready.IsZero() {
+		p.cfg.Observer.AttemptStarted(task.Type(), max(0, task.StartedAt().Sub(att.Ready)))
+	}
 	attemptCtx, cancel := context.WithTimeout(workCtx, p.cfg.TaskTimeout)
 	done := make(chan outcome, 1)
 	go func(t *domain.Task) { done <- p.call(attemptCtx, t) }(task)
@@ -180,6 +196,7 @@ func (p *Processor) runAttempt(workCtx context.Context, att ports.Attempt) {
 	if cancelled {
 		// The task was cancelled while this attempt ran: its outcome does
 		// not count, and the broker has already let the attempt go.
+		p.cfg.Observer.AttemptFinished(task.Type(), ports.OutcomeCancelled, end.Sub(start))
 		log.Info("attempt stopped: the task was cancelled; its outcome was discarded")
 		if !returned {
 			p.abandon(log, done)
@@ -222,7 +239,9 @@ func (p *Processor) runAttempt(workCtx context.Context, att ports.Attempt) {
 	if !returned {
 		handlerReturned, tooMany = p.abandon(log, done)
 	}
-	p.settle(log, attempt, task)
+	if p.settle(log, attempt, task) {
+		p.cfg.Observer.AttemptFinished(task.Type(), outcomeOf(task, timedOut || !returned), end.Sub(start))
+	}
 	if tooMany {
 		// Too many handlers left behind: this worker waits for its own, so
 		// the number of stray goroutines stays bounded.
@@ -272,18 +291,34 @@ func (p *Processor) abandon(log logrus.FieldLogger, done <-chan outcome) (return
 	return ch, n > int64(p.cfg.MaxAbandoned)
 }
 
-// settle records the attempt's outcome and logs it.
-func (p *Processor) settle(log logrus.FieldLogger, attempt int, task *domain.Task) {
+// outcomeOf names how an attempt that left task as it is ended.
+func outcomeOf(task *domain.Task, timedOut bool) ports.Outcome {
+	switch {
+	case task.Status() == domain.StatusSucceeded:
+		return ports.OutcomeSucceeded
+	case task.Status() == domain.StatusPending:
+		return ports.OutcomeHandedBack
+	case timedOut:
+		return ports.OutcomeTimedOut
+	case task.Status() == domain.StatusRetrying:
+		return ports.OutcomeRetried
+	}
+	return ports.OutcomeFailed
+}
+
+// settle records the attempt's outcome and logs it. It reports whether
+// the outcome was recorded.
+func (p *Processor) settle(log logrus.FieldLogger, attempt int, task *domain.Task) bool {
 	if task.LastError() != "" && task.Status() != domain.StatusSucceeded {
 		log = log.WithField("error", task.LastError())
 	}
 	if err := p.queue.Settle(p.settleCtx, attempt, task); err != nil {
 		if errors.Is(err, domain.ErrStaleAttempt) {
 			log.WithError(err).Warn("attempt outcome discarded: the task was cancelled, or another instance took it over, meanwhile")
-			return
+			return false
 		}
 		log.WithError(err).Error("cannot record attempt outcome; the broker recovers the task when its lease runs out")
-		return
+		return false
 	}
 	switch task.Status() {
 	case domain.StatusSucceeded:
@@ -295,6 +330,7 @@ func (p *Processor) settle(log logrus.FieldLogger, attempt int, task *domain.Tas
 	default:
 		log.Error("task failed; no retries left")
 	}
+	return true
 }
 
 // debugEnabled reports whether log writes debug lines, so the hot path

@@ -38,6 +38,8 @@ type ServiceConfig struct {
 	// IdempotencyTTL is how long an idempotency key is kept after its
 	// first use; DefaultIdempotencyTTL when 0.
 	IdempotencyTTL time.Duration
+	// Observer is told of stored submissions; none when nil.
+	Observer ports.Observer
 	// NewID and Now default to UUIDv7 ids and the wall clock.
 	NewID func() (uuid.UUID, error)
 	Now   func() time.Time
@@ -66,6 +68,9 @@ func NewService(broker ports.Broker, cfg ServiceConfig, log logrus.FieldLogger) 
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = ports.NopObserver{}
 	}
 	if cfg.IdempotencyTTL <= 0 {
 		cfg.IdempotencyTTL = DefaultIdempotencyTTL
@@ -111,7 +116,8 @@ func (s *Service) Submit(ctx context.Context, sub ports.Submission) (*domain.Tas
 	if task.Key() != "" {
 		fields["key"] = task.Key()
 	}
-	s.log.WithFields(fields).Info("task submitted")
+	s.cfg.Observer.TasksSubmitted(task.Type(), 1)
+	s.logWith(ctx, fields).Info("task submitted")
 	return task, nil
 }
 
@@ -136,7 +142,8 @@ func (s *Service) SubmitBatch(ctx context.Context, subs []ports.Submission) ([]*
 	if err := s.broker.Enqueue(context.WithoutCancel(ctx), tasks...); err != nil {
 		return nil, fmt.Errorf("enqueue %d tasks: %w", len(tasks), err)
 	}
-	s.log.WithFields(logrus.Fields{"count": len(tasks), "first_task_id": tasks[0].ID(), "last_task_id": tasks[len(tasks)-1].ID()}).Info("tasks submitted")
+	observeBatch(s.cfg.Observer, tasks)
+	s.logWith(ctx, logrus.Fields{"count": len(tasks), "first_task_id": tasks[0].ID(), "last_task_id": tasks[len(tasks)-1].ID()}).Info("tasks submitted")
 	return tasks, nil
 }
 
@@ -189,3 +196,29 @@ func (s *Service) Ready(ctx context.Context) error {
 // BeginShutdown makes every later Submit fail with domain.ErrShuttingDown
 // and Ready report it.
 func (s *Service) BeginShutdown() { s.closing.Store(true) }
+
+// logFor is the service's logger with the client a request comes from
+// (see ports.WithClient), when it is known.
+func (s *Service) logFor(ctx context.Context) logrus.FieldLogger {
+	return s.logWith(ctx, logrus.Fields{})
+}
+
+// logWith is the service's logger with fields and the client a request
+// comes from, when it is known (one copy of the fields, not two).
+func (s *Service) logWith(ctx context.Context, fields logrus.Fields) logrus.FieldLogger {
+	if c := ports.ClientOf(ctx); c != nil {
+		fields["client"] = c.Name
+	}
+	return s.log.WithFields(fields)
+}
+
+// observeBatch tells obs of a stored batch, one call per type in it.
+func observeBatch(obs ports.Observer, tasks []*domain.Task) {
+	start := 0
+	for i := 1; i <= len(tasks); i++ {
+		if i == len(tasks) || tasks[i].Type() != tasks[start].Type() {
+			obs.TasksSubmitted(tasks[start].Type(), i-start)
+			start = i
+		}
+	}
+}

@@ -60,7 +60,7 @@ func (s *Service) Pause(ctx context.Context, typ string) error {
 	if err := s.broker.Pause(ctx, typ); err != nil {
 		return fmt.Errorf("pause type %s: %w", typ, err)
 	}
-	s.log.WithField("type", typ).Warn("task type paused: no new attempts start on any instance until it is resumed")
+	s.logWith(ctx, logrus.Fields{"type": typ}).Warn("task type paused: no new attempts start on any instance until it is resumed")
 	return nil
 }
 
@@ -72,7 +72,7 @@ func (s *Service) Resume(ctx context.Context, typ string) error {
 	if err := s.broker.Resume(ctx, typ); err != nil {
 		return fmt.Errorf("resume type %s: %w", typ, err)
 	}
-	s.log.WithFields(logrus.Fields{"type": typ}).Info("task type resumed")
+	s.logWith(ctx, logrus.Fields{"type": typ}).Info("task type resumed")
 	return nil
 }
 

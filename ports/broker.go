@@ -21,6 +21,11 @@ type Attempt struct {
 	// (the task was cancelled): its handler should stop, and its outcome
 	// will be discarded.
 	Cancelled <-chan struct{}
+	// Ready is when the task became pending before this attempt: when it
+	// was submitted, or when the broker promoted it once due (a scheduled
+	// task's run_at, a retry's backoff). Start minus Ready is the time it
+	// waited for a worker.
+	Ready time.Time
 }
 
 // TaskQueue is the ordered, bounded queue of tasks waiting to run, together
@@ -124,6 +129,26 @@ type Stats struct {
 	// OldestPending is when the task that has waited longest in pending
 	// became pending, or the zero time when none is.
 	OldestPending time.Time
+	// OldestPendingByType is the same per type, for the types with a
+	// pending task.
+	OldestPendingByType map[string]time.Time
+}
+
+// NotePending records that a task of typ has been pending since since, in
+// OldestPending and OldestPendingByType.
+func (st *Stats) NotePending(typ string, since time.Time) {
+	if since.IsZero() {
+		return
+	}
+	if st.OldestPending.IsZero() || since.Before(st.OldestPending) {
+		st.OldestPending = since
+	}
+	if st.OldestPendingByType == nil {
+		st.OldestPendingByType = map[string]time.Time{}
+	}
+	if old, ok := st.OldestPendingByType[typ]; !ok || since.Before(old) {
+		st.OldestPendingByType[typ] = since
+	}
 }
 
 // StatsReader reads the counters.

@@ -132,3 +132,26 @@ type TaskService interface {
 	// reached.
 	Ready(ctx context.Context) error
 }
+
+// Client is the authenticated client a request comes from: its API key's
+// name and roles.
+type Client struct {
+	Name  string
+	Roles domain.Roles
+}
+
+// clientKey carries the Client in a context.
+type clientKey struct{}
+
+// WithClient returns ctx carrying the client a request comes from, so
+// what it causes is logged with its name.
+func WithClient(ctx context.Context, c *Client) context.Context {
+	return context.WithValue(ctx, clientKey{}, c)
+}
+
+// ClientOf returns the client WithClient put in ctx, or nil when there is
+// none (the API is open).
+func ClientOf(ctx context.Context) *Client {
+	c, _ := ctx.Value(clientKey{}).(*Client)
+	return c
+}

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -39,8 +38,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build taskqueue:", err)
 		os.Exit(1)
 	}
+	if err := installSpecCheck(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if spec.report() > 0 && code == 0 {
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -89,6 +95,7 @@ func start(t *testing.T, args ...string) *server {
 		return false
 	})
 	s.base = "http://" + addr
+	spec.watch(s.base)
 	eventually(t, "/healthz", func() bool {
 		resp, err := http.Get(s.base + "/healthz")
 		if err != nil {
@@ -206,21 +213,13 @@ func (s *server) request(method, path, body string) response {
 // requestWith is request with extra headers.
 func (s *server) requestWith(method, path, body string, header map[string]string) response {
 	s.t.Helper()
-	req, _ := http.NewRequest(method, s.base+path, strings.NewReader(body))
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		s.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	r := response{status: resp.StatusCode, header: resp.Header}
-	if resp.StatusCode == http.StatusNoContent && len(raw) == 0 {
+	got := s.rawRequest(method, path, body, header)
+	raw := []byte(got.text)
+	r := response{status: got.status, header: got.header}
+	if got.status == http.StatusNoContent && len(raw) == 0 {
 		return r
 	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+	if ct := got.header.Get("Content-Type"); ct != "application/json" {
 		s.t.Fatalf("%s %s: Content-Type %q, body %s", method, path, ct, raw)
 	}
 	if err := json.Unmarshal(raw, &r.body); err != nil {

@@ -59,6 +59,7 @@ func Run(t *testing.T, newBroker Factory) {
 		{"FinishedTasksExpire", testRetention},
 		{"GetUnknown", testGetUnknown},
 		{"ConcurrentUseDeliversEachTaskOnce", testConcurrent},
+		{"AttemptSaysWhenTheTaskBecameReady", testAttemptReady},
 	}
 	tests = append(tests, lifecycleTests...)
 	tests = append(tests, flowTests...)
@@ -431,5 +432,34 @@ func testConcurrent(t *testing.T, newBroker Factory) {
 	wg.Wait()
 	if got := count.Load(); got != producers*perProducer {
 		t.Fatalf("delivered %d tasks; want %d", got, producers*perProducer)
+	}
+}
+
+// An attempt says when its task became pending: for a new task, its
+// pending record's time; for a retry, no sooner than the retry was due.
+// Metrics take the wait for a worker from it.
+func testAttemptReady(t *testing.T, newBroker Factory) {
+	b := newBroker(t, Config{QueueSize: 10, Retention: time.Hour})
+	task := NewTask(t, 4, 2)
+	enqueue(t, b, task)
+	pendingSince := get(t, b, task.ID()).UpdatedAt()
+	att := dequeueAttempt(t, b)
+	if !att.Ready.Equal(pendingSince) {
+		t.Fatalf("first attempt: Ready %v, want the pending record's time %v", att.Ready, pendingSince)
+	}
+	if att.Task.StartedAt().Before(att.Ready) {
+		t.Fatalf("started %v before it was ready %v", att.Task.StartedAt(), att.Ready)
+	}
+	failed := att.Task
+	if err := failed.Fail(time.Now(), "boom", policy(t, 30*time.Millisecond), 0.5); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Settle(ctxT(t), failed.Attempts(), failed); err != nil {
+		t.Fatal(err)
+	}
+	due := failed.NextAttemptAt()
+	att = dequeueAttempt(t, b)
+	if att.Task.ID() != task.ID() || att.Ready.Before(due.Add(-time.Millisecond)) || att.Task.StartedAt().Before(att.Ready) {
+		t.Fatalf("retry: ready %v, due %v, started %v", att.Ready, due, att.Task.StartedAt())
 	}
 }

@@ -387,6 +387,13 @@ func testStats(t *testing.T, newBroker Factory) {
 	if st.OldestPending.Before(before.Add(-time.Second)) || st.OldestPending.After(time.Now()) {
 		t.Fatalf("oldest pending %v", st.OldestPending)
 	}
+	// Per type: "a" has waited since its first submission (the oldest "a"
+	// runs; the next is second oldest), "c" since its only one; "test" has
+	// none pending.
+	byType := st.OldestPendingByType
+	if len(byType) != 2 || !byType["a"].Equal(st.OldestPending) || !byType["c"].After(byType["a"]) || byType["c"].After(time.Now()) {
+		t.Fatalf("oldest pending by type %v (overall %v)", byType, st.OldestPending)
+	}
 	_ = running.Succeed(time.Now())
 	_ = b.Settle(ctxT(t), 1, running)
 	st, _ = b.Stats(ctxT(t))

@@ -37,13 +37,15 @@ const ErrorBodyBytes = 512
 // task for good. Errors name the task
 // type and what went wrong, never the URL (it may name internal hosts and
 // carry secrets in its query). Redirects are not followed, so a payload
-// only goes where the operator pointed it.
+// only goes where the operator pointed it. With SignWith, calls are signed
+// as the Standard Webhooks specification says.
 type Webhook struct {
 	taskType  string
 	url       string
 	client    *http.Client
 	maxResult int
 	now       func() time.Time // reads Retry-After dates
+	signer    *Signer          // nil: calls are not signed
 }
 
 var _ ports.ResultHandler = (*Webhook)(nil)
@@ -72,6 +74,14 @@ func NewWebhook(taskType, rawURL string, client *http.Client, maxResult int) (*W
 		maxResult = domain.DefaultMaxResultBytes
 	}
 	return &Webhook{taskType: taskType, url: u.String(), client: client, maxResult: maxResult, now: time.Now}, nil
+}
+
+// SignWith makes every call carry Standard Webhooks signature headers
+// (webhook-id: the task id, the same on every attempt; webhook-timestamp;
+// webhook-signature) made with s; nil leaves calls unsigned. It returns w.
+func (w *Webhook) SignWith(s *Signer) *Webhook {
+	w.signer = s
+	return w
 }
 
 // RedactURL returns rawURL fit for a log line: its password and the
@@ -130,6 +140,9 @@ func (w *Webhook) HandleResult(ctx context.Context, task *domain.Task) ([]byte, 
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Task-Id", task.ID().String())
 	req.Header.Set("X-Task-Attempt", strconv.Itoa(task.Attempts()))
+	if w.signer != nil {
+		w.signer.sign(req.Header, task.ID().String(), body)
+	}
 	resp, err := w.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("webhook for type %q unreachable: %s", w.taskType, reason(err))

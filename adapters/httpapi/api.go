@@ -30,9 +30,14 @@ type API struct {
 	svc          ports.TaskService
 	maxBodyBytes int64
 	inflight     *byteBudget
+	auth         Authenticator
+	metrics      http.Handler
+	observe      func(route, method string, status int, d time.Duration)
 	log          logrus.FieldLogger
+	debug        bool
 	warn         *limitedLog
 	router       *mux.Router
+	needs        map[string]domain.Role // "METHOD /path" → the role it needs (0: open)
 }
 
 // Options configure an API.
@@ -44,6 +49,22 @@ type Options struct {
 	// MaxBodyBytes when unknown); past it a submission gets 503 with
 	// Retry-After. Defaults to 32 × MaxBodyBytes.
 	MaxInflightBodyBytes int64
+	// Auth authenticates clients by their bearer key; nil leaves the API
+	// open to anyone who can reach it.
+	Auth Authenticator
+	// Metrics is served at GET /metrics (role read); nil: no such route.
+	Metrics http.Handler
+	// Observe, when set, is told of every request once answered: the
+	// route's pattern (such as /task/{id}; "unmatched" for none), the
+	// method, the status and how long it took.
+	Observe func(route, method string, status int, d time.Duration)
+}
+
+// Authenticator finds the client a bearer key belongs to.
+type Authenticator interface {
+	// Authenticate returns the key's client (name and roles), or false
+	// for an unknown key. The client is not changed afterwards.
+	Authenticate(key string) (*ports.Client, bool)
 }
 
 // New returns the API's handler with every route registered.
@@ -54,7 +75,10 @@ func New(svc ports.TaskService, opts Options, log logrus.FieldLogger) *API {
 	if opts.MaxInflightBodyBytes <= 0 {
 		opts.MaxInflightBodyBytes = 32 * opts.MaxBodyBytes
 	}
-	a := &API{svc: svc, maxBodyBytes: opts.MaxBodyBytes, inflight: &byteBudget{limit: opts.MaxInflightBodyBytes}, log: log, warn: newLimitedLog(log, 5*time.Second, time.Now), router: mux.NewRouter()}
+	a := &API{svc: svc, maxBodyBytes: opts.MaxBodyBytes, inflight: &byteBudget{limit: opts.MaxInflightBodyBytes},
+		auth: opts.Auth, metrics: opts.Metrics, observe: opts.Observe,
+		log: log, debug: debugEnabled(log), warn: newLimitedLog(log, 5*time.Second, time.Now), router: mux.NewRouter(),
+		needs: map[string]domain.Role{}}
 	a.routes()
 	return a
 }
@@ -66,34 +90,94 @@ func (a *API) routes() {
 	// Paths are matched as sent: the router's own answer to a path with
 	// "..", "//" or the like would be an empty 301.
 	a.router.SkipClean(true)
-	a.router.HandleFunc("/task", a.submit).Methods(http.MethodPost)
-	a.router.HandleFunc("/tasks", a.submitBatch).Methods(http.MethodPost)
-	a.router.HandleFunc("/tasks", a.list).Methods(http.MethodGet, http.MethodHead)
-	a.router.HandleFunc("/tasks/retry", a.retryMany).Methods(http.MethodPost)
-	a.router.HandleFunc("/task/{id}", a.get).Methods(http.MethodGet, http.MethodHead)
-	a.router.HandleFunc("/task/{id}", a.delete).Methods(http.MethodDelete)
-	a.router.HandleFunc("/task/{id}/cancel", a.cancel).Methods(http.MethodPost)
-	a.router.HandleFunc("/task/{id}/retry", a.retry).Methods(http.MethodPost)
-	a.router.HandleFunc("/stats", a.stats).Methods(http.MethodGet, http.MethodHead)
-	a.router.HandleFunc("/types", a.types).Methods(http.MethodGet, http.MethodHead)
-	a.router.HandleFunc("/types/{type}/pause", a.pause).Methods(http.MethodPost)
-	a.router.HandleFunc("/types/{type}/resume", a.resume).Methods(http.MethodPost)
-	a.router.HandleFunc("/healthz", a.health).Methods(http.MethodGet, http.MethodHead)
-	a.router.HandleFunc("/readyz", a.ready).Methods(http.MethodGet, http.MethodHead)
+	get := []string{http.MethodGet, http.MethodHead}
+	post := []string{http.MethodPost}
+	submit, read, admin, open := domain.RoleSubmit, domain.RoleRead, domain.RoleAdmin, domain.Role(0)
+	a.handle("/task", submit, a.submit, post)
+	a.handle("/tasks", submit, a.submitBatch, post)
+	a.handle("/tasks", read, a.list, get)
+	a.handle("/tasks/retry", admin, a.retryMany, post)
+	a.handle("/task/{id}", read, a.get, get)
+	a.handle("/task/{id}", admin, a.delete, []string{http.MethodDelete})
+	a.handle("/task/{id}/cancel", admin, a.cancel, post)
+	a.handle("/task/{id}/retry", admin, a.retry, post)
+	a.handle("/stats", read, a.stats, get)
+	a.handle("/types", read, a.types, get)
+	a.handle("/types/{type}/pause", admin, a.pause, post)
+	a.handle("/types/{type}/resume", admin, a.resume, post)
+	if a.metrics != nil {
+		a.handle("/metrics", read, a.metrics.ServeHTTP, get)
+	}
+	a.handle("/healthz", open, a.health, get)
+	a.handle("/readyz", open, a.ready, get)
+	a.handle("/openapi.json", open, serveSpec, get)
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, &requestError{status: http.StatusNotFound, msg: "no such endpoint: " + quoted(r.URL.Path)})
 	})
 	a.router.MethodNotAllowedHandler = http.HandlerFunc(a.methodNotAllowed)
 }
 
-// ServeHTTP makes the API an http.Handler.
+// ServeHTTP makes the API an http.Handler: it authenticates the request
+// (unless the API is open or the path is one of openPaths), then routes
+// it; the route checks the client's role.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.observe != nil {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: w, status: http.StatusOK, route: "unmatched"}
+		w = rec
+		defer func() { a.observe(rec.route, r.Method, rec.status, time.Since(start)) }()
+	}
 	if r.Method == http.MethodConnect {
 		a.fail(w, r, badRequest("method CONNECT is not supported: this is not a proxy"))
 		return
 	}
+	if a.auth != nil && !openPaths[r.URL.Path] {
+		var ok bool
+		if r, ok = a.authenticate(w, r); !ok {
+			if rec, isRec := w.(*recorder); isRec {
+				// Count the refusal under the route it was meant for.
+				var match mux.RouteMatch
+				if a.router.Match(r, &match) && match.Route != nil {
+					rec.route, _ = match.Route.GetPathTemplate()
+				}
+			}
+			return
+		}
+	}
 	a.router.ServeHTTP(w, r)
 }
+
+// handle registers a route that needs role need (0: open to anyone).
+func (a *API) handle(path string, need domain.Role, h http.HandlerFunc, methods []string) {
+	for _, m := range methods {
+		a.needs[m+" "+path] = need
+	}
+	a.router.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		if rec, ok := w.(*recorder); ok {
+			rec.route = path
+		}
+		if need != 0 && a.auth != nil && !rolesOf(r.Context()).Allows(need) {
+			a.forbidden(w, r, need)
+			return
+		}
+		h(w, r)
+	}).Methods(methods...)
+}
+
+// recorder remembers a response's status and the route that answered.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	route  string
+}
+
+func (r *recorder) WriteHeader(status int) {
+	r.status = status
+	r.ResponseWriter.WriteHeader(status)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) {
 	id, err := pathID(r)
@@ -208,9 +292,6 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, errBusy):
 		status, msg, warnKey = http.StatusServiceUnavailable, "too many request bodies in flight: retry later", "busy"
 		w.Header().Set("Retry-After", "1")
-	case errors.Is(err, errBusy):
-		status, msg, warnKey = http.StatusServiceUnavailable, "too many request bodies in flight: retry later", "busy"
-		w.Header().Set("Retry-After", "1")
 	case errors.Is(err, domain.ErrShuttingDown):
 		status, msg = http.StatusServiceUnavailable, "service is shutting down: submit to another instance or retry later"
 		w.Header().Set("Retry-After", "1")
@@ -244,7 +325,11 @@ func (a *API) entry(r *http.Request, status int) logrus.FieldLogger {
 // requestFields describes r for a log line, with anything echoed from the
 // request cut short.
 func requestFields(r *http.Request, status int) logrus.Fields {
-	return logrus.Fields{"method": truncate(r.Method, 16), "path": truncate(r.URL.Path, 64), "status": status, "remote": r.RemoteAddr}
+	f := logrus.Fields{"method": truncate(r.Method, 16), "path": truncate(r.URL.Path, 64), "status": status, "remote": r.RemoteAddr}
+	if c := clientName(r); c != "" {
+		f["client"] = c
+	}
+	return f
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -103,10 +103,16 @@ func (a *API) respond(w http.ResponseWriter, r *http.Request, fp func() string, 
 		writeStored(w, resp, false)
 		return
 	}
-	key := keys[0]
 	if err := validIdempotencyKey(keys); err != nil {
 		a.fail(w, r, err)
 		return
+	}
+	// Keys are scoped per client: two clients using the same key do not
+	// collide. Client names cannot hold the separator (0x1f), nor can
+	// keys, so scopes cannot overlap.
+	key := keys[0]
+	if client := clientName(r); client != "" {
+		key = client + "\x1f" + key
 	}
 	raw, replayed, err := a.svc.Idempotent(r.Context(), key, fp(), func() ([]byte, error) {
 		resp, err := run()

@@ -200,6 +200,7 @@ func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 		if ok {
 			e := b.slab.at(i)
 			b.lists.remove(e.tq.lists, &e.task)
+			ready := e.task.UpdatedAt()
 			if err := e.task.Start(now); err != nil {
 				b.lists.add(e.tq.lists, &e.task)
 				b.mu.Unlock()
@@ -217,7 +218,7 @@ func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 			if more {
 				b.wake() // pass the signal on to the next waiting worker
 			}
-			return ports.Attempt{Task: &out, Cancelled: r.cancelled}, nil
+			return ports.Attempt{Task: &out, Cancelled: r.cancelled, Ready: ready}, nil
 		}
 		var due <-chan time.Time
 		var timer *time.Timer
@@ -419,9 +420,7 @@ func (b *Broker) Stats(context.Context) (ports.Stats, error) {
 	for _, tq := range b.types {
 		for level := range tq.levels {
 			if _, i, ok := b.front(tq, level); ok {
-				if since := b.slab.at(i).task.UpdatedAt(); st.OldestPending.IsZero() || since.Before(st.OldestPending) {
-					st.OldestPending = since
-				}
+				st.NotePending(tq.name, b.slab.at(i).task.UpdatedAt())
 			}
 		}
 	}

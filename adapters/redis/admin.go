@@ -347,9 +347,7 @@ func (b *Broker) Stats(ctx context.Context) (ports.Stats, error) {
 		if json.Unmarshal([]byte(raw), &s) != nil {
 			continue
 		}
-		if since := fromNanos(s.Updated); !since.IsZero() && (st.OldestPending.IsZero() || since.Before(st.OldestPending)) {
-			st.OldestPending = since
-		}
+		st.NotePending(s.Type, fromNanos(s.Updated))
 	}
 	return st, nil
 }

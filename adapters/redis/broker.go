@@ -132,6 +132,7 @@ type lease struct {
 	score     string    // place in the ready set, for a hand-back
 	deadline  time.Time // when the lease runs out unless renewed
 	cancelled chan struct{}
+	ready     time.Time // when the task became pending before this attempt
 }
 
 type keys struct {

@@ -80,7 +80,7 @@ func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 			h.cancelled = make(chan struct{})
 			close(h.cancelled)
 		}
-		return ports.Attempt{Task: t, Cancelled: h.cancelled}, nil
+		return ports.Attempt{Task: t, Cancelled: h.cancelled, Ready: h.ready}, nil
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-b.stop:
@@ -261,7 +261,7 @@ func (b *Broker) fetch(n int) ([]*domain.Task, time.Time, error) {
 			continue
 		}
 		b.mu.Lock()
-		b.held[id] = lease{token: st.Token, attempt: t.Attempts(), score: st.Score, deadline: fromMillis(st.Lease), cancelled: make(chan struct{})}
+		b.held[id] = lease{token: st.Token, attempt: t.Attempts(), score: st.Score, deadline: fromMillis(st.Lease), cancelled: make(chan struct{}), ready: fromNanos(st.PrevUpdated)}
 		b.mu.Unlock()
 		tasks = append(tasks, t)
 	}

@@ -51,6 +51,12 @@ type config struct {
 	KeyConcurrency int
 	PriorityAging  time.Duration
 	AcceptTypes    []string
+	// Security and observability.
+	WebhookSecrets []string
+	APIKeysFile    string
+	TLSCert        string
+	TLSKey         string
+	MetricsAddr    string
 }
 
 // Brokers the service can run on.
@@ -182,6 +188,11 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.StringVar(&cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis to use with --broker redis")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "taskqueue", "names the queue in Redis: keys are {PREFIX}:...; instances with the same prefix share it")
 	fs.DurationVar(&cfg.Lease, "lease", 30*time.Second, "with --broker redis: how long a running attempt's instance may go silent before another instance recovers the task (at least 1s)")
+	fs.Var(secretsFlag{&cfg.WebhookSecrets}, "webhook-secret", "whsec_BASE64: sign every webhook call as Standard Webhooks says (webhook-id, webhook-timestamp, webhook-signature); repeat to sign with several secrets while receivers rotate (the variable separates secrets with , or spaces)")
+	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "file of API keys, one \"NAME ROLES SHA256HEX\" per line (see taskqueue keygen); reloaded on SIGHUP. Without it the API is open to anyone who can reach it")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with --tls-key; both reloaded on SIGHUP")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "also serve GET /metrics on this address, without authentication (for a private network); /metrics on --addr stays")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", logging.FormatText, "text or json (one JSON object per line)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -215,6 +226,8 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		switch f.Name {
 		case "handler", "accept-type":
 			values = strings.Split(v, ",")
+		case "webhook-secret":
+			values = strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 		case "type-limit":
 			values = splitTypeLimits(v)
 		}
@@ -285,6 +298,17 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 	}
 	if err := validAddr(c.Addr); err != nil {
 		return invalid("addr", "%v", err)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		if c.TLSCert == "" {
+			return invalid("tls-cert", "is needed with --tls-key")
+		}
+		return invalid("tls-key", "is needed with --tls-cert")
+	}
+	if c.MetricsAddr != "" {
+		if err := validAddr(c.MetricsAddr); err != nil {
+			return invalid("metrics-addr", "%v", err)
+		}
 	}
 	if err := validInstanceID(c.InstanceID); err != nil {
 		return invalid("instance-id", "%v", err)
@@ -367,12 +391,14 @@ func envName(flag string) string {
 		return envPrefix + "ACCEPT_TYPES"
 	case "type-limit":
 		return envPrefix + "TYPE_LIMITS"
+	case "webhook-secret":
+		return envPrefix + "WEBHOOK_SECRETS"
 	}
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
 func printUsage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "Usage: taskqueue [flags]\n       taskqueue healthcheck [flags]   (GET /healthz on --addr: exit 0 if alive, else 1)\n\nA task queue with a REST API. Every flag can also be set by the environment\nvariable shown; a flag wins over its variable.\n\nFlags:\n")
+	fmt.Fprintf(w, "Usage: taskqueue [flags]\n       taskqueue healthcheck [flags]   (GET /healthz on --addr: exit 0 if alive, else 1)\n       taskqueue keygen --name NAME --roles ROLES   (print a new API key and its --api-keys-file line)\n\nA task queue with a REST API. Every flag can also be set by the environment\nvariable shown; a flag wins over its variable.\n\nFlags:\n")
 	fs.VisitAll(func(f *flag.Flag) {
 		if f.Name == "version" {
 			fmt.Fprintf(w, "  --version\n    \t%s\n", f.Usage)

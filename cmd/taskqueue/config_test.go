@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -193,5 +194,61 @@ func TestExitCodes(t *testing.T) {
 	var buf bytes.Buffer
 	if exitCode(nil, &buf) != 0 || exitCode(&exitError{code: 2, err: errors.New("x")}, &buf) != 2 || exitCode(errors.New("y"), &buf) != 1 {
 		t.Fatal("wrong exit codes")
+	}
+}
+
+func TestSecuritySettings(t *testing.T) {
+	s1, s2 := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_"+strings.Repeat("QUJD", 10)
+	cfg, err := parseConfig(nil, env(map[string]string{
+		"TASKQUEUE_WEBHOOK_SECRETS": s1 + ", " + s2,
+		"TASKQUEUE_API_KEYS_FILE":   "/etc/taskqueue/keys",
+		"TASKQUEUE_METRICS_ADDR":    "127.0.0.1:9090",
+	}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.WebhookSecrets) != 2 || cfg.WebhookSecrets[1] != s2 || cfg.APIKeysFile != "/etc/taskqueue/keys" || cfg.MetricsAddr != "127.0.0.1:9090" {
+		t.Fatalf("got %+v", cfg)
+	}
+	if f := settings(cfg); f["webhook_secrets"] != 2 || strings.Contains(fmt.Sprint(f), "MfKQ9") {
+		t.Fatalf("settings show %v (secrets must not be shown)", f["webhook_secrets"])
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--webhook-secret", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, `--webhook-secret: a webhook secret must start with "whsec_"`},
+		{[]string{"--webhook-secret", "whsec_c2hvcnQ="}, "24 to 64 bytes"},
+		{[]string{"--tls-cert", "c.pem"}, "tls-key: is needed with --tls-cert"},
+		{[]string{"--tls-key", "k.pem"}, "tls-cert: is needed with --tls-key"},
+		{[]string{"--metrics-addr", "nowhere"}, "metrics-addr"},
+	} {
+		_, err := parseConfig(tc.args, env(nil), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	var out bytes.Buffer
+	if err := keygen([]string{"--name", "billing", "--roles", "submit,read"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "tq_") || !strings.HasPrefix(lines[1], "billing submit,read ") {
+		t.Fatalf("keygen printed:\n%s", out.String())
+	}
+	for _, args := range [][]string{nil, {"--name", "billing"}, {"--name", "bad name", "--roles", "read"}, {"--name", "a", "--roles", "write"}, {"--name", "a", "--roles", "read", "extra"}} {
+		err := keygen(args, &bytes.Buffer{})
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 2 {
+			t.Errorf("keygen %v: %v, want exit 2", args, err)
+		}
 	}
 }

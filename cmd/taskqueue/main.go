@@ -13,9 +13,10 @@ import (
 
 func main() {
 	// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
-	// ends the process at once, saying what it abandons.
-	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	// ends the process at once, saying what it abandons. SIGHUP reloads
+	// the API keys and the TLS certificate.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	err := run(signals, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	os.Exit(exitCode(err, os.Stderr))
 }

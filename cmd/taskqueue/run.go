@@ -17,10 +17,12 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/taskqueue/taskqueue/adapters/apikeys"
 	"github.com/taskqueue/taskqueue/adapters/handlers"
 	"github.com/taskqueue/taskqueue/adapters/httpapi"
 	"github.com/taskqueue/taskqueue/adapters/logging"
 	"github.com/taskqueue/taskqueue/adapters/memory"
+	"github.com/taskqueue/taskqueue/adapters/metrics"
 	"github.com/taskqueue/taskqueue/adapters/redis"
 	"github.com/taskqueue/taskqueue/adapters/workerpool"
 	"github.com/taskqueue/taskqueue/application"
@@ -53,6 +55,9 @@ func run(signals <-chan os.Signal, args []string, getenv func(string) string, st
 	if len(args) > 0 && args[0] == "healthcheck" {
 		return healthcheck(context.Background(), args[1:], getenv, stdout)
 	}
+	if len(args) > 0 && args[0] == "keygen" {
+		return keygen(args[1:], stdout)
+	}
 	cfg, err := parseConfig(args, getenv, stdout)
 	if err != nil {
 		return configError(err)
@@ -64,17 +69,28 @@ func run(signals <-chan os.Signal, args []string, getenv func(string) string, st
 	log := logger.WithField("instance", cfg.InstanceID)
 	log.WithField("version", buildVersion()).Info("taskqueue starting")
 
-	// The first signal cancels ctx; a second one arrives on hard.
+	// SIGHUP asks for a reload (API keys, TLS certificate). Of the other
+	// signals, the first cancels ctx and a second one arrives on hard.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	hard := make(chan os.Signal, 1)
+	reloads := make(chan struct{}, 1)
 	go func() {
-		if _, ok := <-signals; !ok {
-			return
-		}
-		cancel()
-		if sig, ok := <-signals; ok {
-			hard <- sig
+		stopping := false
+		for sig := range signals {
+			switch {
+			case sig == syscall.SIGHUP:
+				select {
+				case reloads <- struct{}{}:
+				default: // a reload is already due
+				}
+			case !stopping:
+				stopping = true
+				cancel()
+			default:
+				hard <- sig
+				return
+			}
 		}
 	}()
 
@@ -83,15 +99,23 @@ func run(signals <-chan os.Signal, args []string, getenv func(string) string, st
 		return err
 	}
 	var failure error
-	select {
-	case <-ctx.Done():
-		log.Info("shutdown signal received; no new tasks accepted, finishing running attempts")
-	case err := <-s.serveErr:
-		failure = fmt.Errorf("http server: %w", err)
-		log.WithError(err).Error("http server stopped unexpectedly; shutting down")
-	case err := <-s.procDone:
-		failure = fmt.Errorf("processor: %w", err)
-		log.WithError(err).Error("processor stopped unexpectedly; shutting down")
+wait:
+	for {
+		select {
+		case <-reloads:
+			s.reload()
+		case <-ctx.Done():
+			log.Info("shutdown signal received; no new tasks accepted, finishing running attempts")
+			break wait
+		case err := <-s.serveErr:
+			failure = fmt.Errorf("http server: %w", err)
+			log.WithError(err).Error("http server stopped unexpectedly; shutting down")
+			break wait
+		case err := <-s.procDone:
+			failure = fmt.Errorf("processor: %w", err)
+			log.WithError(err).Error("processor stopped unexpectedly; shutting down")
+			break wait
+		}
 	}
 	done := make(chan struct{})
 	go func() { s.shutdown(cfg.ShutdownTimeout); close(done) }()
@@ -101,7 +125,7 @@ func run(signals <-chan os.Signal, args []string, getenv func(string) string, st
 	case sig := <-hard:
 		fields := s.broker.left()
 		if s.pool != nil {
-			fields["running_attempts"] = s.pool.Busy()
+			fields["running_attempts"] = s.proc.Running()
 			fields["abandoned_handlers"] = s.proc.Abandoned()
 		}
 		log.WithFields(fields).Error("second signal: exiting now without finishing the shutdown")
@@ -128,6 +152,9 @@ type service struct {
 	proc     *application.Processor
 	pool     *workerpool.Pool
 	srv      *http.Server
+	metrics  *http.Server // --metrics-addr; nil without
+	keys     *apikeys.Keyring
+	cert     *certificate
 	broker   openedBroker
 	serveErr chan error
 	procDone chan error
@@ -141,6 +168,10 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 	plan := planShutdown(cfg.ShutdownTimeout)
 	taskHandlers := builtinHandlers(log)
 	client := handlers.NewHTTPClient(max(cfg.Workers, 1))
+	signer, err := handlers.NewSigner(cfg.WebhookSecrets, nil)
+	if err != nil {
+		return nil, &exitError{code: 2, err: fmt.Errorf("webhook-secret: %w", err)}
+	}
 	for _, w := range cfg.Webhooks {
 		if _, taken := taskHandlers[w.Type]; taken {
 			return nil, &exitError{code: 2, err: fmt.Errorf("handler: type %q is built in and cannot be a webhook", w.Type)}
@@ -149,7 +180,7 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 		if err != nil {
 			return nil, &exitError{code: 2, err: err}
 		}
-		taskHandlers[w.Type] = h
+		taskHandlers[w.Type] = h.SignWith(signer)
 	}
 	// The types this instance runs (it takes their tasks from the broker)
 	// and the ones it accepts (it takes their submissions): an API-only
@@ -169,6 +200,21 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 	for t := range cfg.TypeLimits {
 		if !slices.Contains(accepts, t) {
 			log.WithField("type", t).Warn("--type-limit names a type this instance neither runs nor accepts; it is shown by GET /types and applies on the instances that run it")
+		}
+	}
+
+	var keys *apikeys.Keyring
+	var auth httpapi.Authenticator
+	if cfg.APIKeysFile != "" {
+		if keys, err = apikeys.Open(cfg.APIKeysFile); err != nil {
+			return nil, &exitError{code: 2, err: fmt.Errorf("api-keys-file: %w", err)}
+		}
+		auth = keys
+	}
+	var cert *certificate
+	if cfg.TLSCert != "" {
+		if cert, err = loadCertificate(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, &exitError{code: 2, err: err}
 		}
 	}
 
@@ -195,28 +241,43 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 		}
 	}
 
-	svc := application.NewService(broker, application.ServiceConfig{
+	m := metrics.New(metrics.Options{Workers: cfg.Workers, Types: accepts, Log: log})
+	observed := application.ObserveBroker(broker, m)
+	m.ReadStats(observed.Stats)
+	svc := application.NewService(observed, application.ServiceConfig{
 		Types: accepts, Runs: runs, Limits: cfg.TypeLimits,
-		MaxBatch: cfg.MaxBatch, IdempotencyTTL: cfg.IdempotencyTTL,
+		MaxBatch: cfg.MaxBatch, IdempotencyTTL: cfg.IdempotencyTTL, Observer: m,
 	}, log)
 	var proc *application.Processor
 	if pool != nil {
-		proc = application.NewProcessor(broker, pool, taskHandlers, application.ProcessorConfig{
+		proc = application.NewProcessor(observed, pool, taskHandlers, application.ProcessorConfig{
+			Observer:       m,
 			Policy:         cfg.RetryPolicy,
 			TaskTimeout:    cfg.TaskTimeout,
 			HandlerGrace:   plan.handlerGrace,
 			MaxAbandoned:   cfg.Workers,
 			MaxResultBytes: int(cfg.MaxResultBytes),
 		}, log)
+		m.CountRunning(proc.Running)
 	}
-	api := httpapi.New(svc, httpapi.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxInflightBodyBytes: inflightBodyBytes(cfg)}, log)
+	api := httpapi.New(svc, httpapi.Options{
+		MaxBodyBytes: cfg.MaxBodyBytes, MaxInflightBodyBytes: inflightBodyBytes(cfg),
+		Auth: auth, Metrics: m.Handler(), Observe: m.ObserveHTTP,
+	}, log)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("listen on %s (--metrics-addr): %w", cfg.MetricsAddr, err)
+		}
+	}
 	s = &service{
-		log: log, svc: svc, proc: proc, pool: pool, broker: broker,
+		log: log, svc: svc, proc: proc, pool: pool, broker: broker, keys: keys, cert: cert,
 		srv: &http.Server{
 			Handler:           api,
 			ReadHeaderTimeout: readHeaderTimeout,
@@ -228,7 +289,19 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 		serveErr: make(chan error, 1),
 		procDone: make(chan error, 1),
 	}
-	go func() { s.serveErr <- s.srv.Serve(ln) }()
+	if cert != nil {
+		s.srv.TLSConfig = cert.config()
+		go func() { s.serveErr <- s.srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { s.serveErr <- s.srv.Serve(ln) }()
+	}
+	if metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", m.Handler())
+		s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout,
+			WriteTimeout: writeTimeout, IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeaderBytes}
+		go func() { s.serveErr <- s.metrics.Serve(metricsLn) }()
+	}
 	procCtx, stopTaking := context.WithCancel(context.Background())
 	s.stop = stopTaking
 	if proc != nil {
@@ -240,7 +313,21 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 	fields["version"] = buildVersion()
 	fields["runs_types"] = runs
 	fields["accepts_types"] = accepts
+	fields["tls"] = cert != nil
+	if metricsLn != nil {
+		fields["metrics_addr"] = metricsLn.Addr().String()
+	}
+	if keys != nil {
+		fields["api_keys"] = keys.Len()
+	}
 	log.WithFields(fields).Info("taskqueue listening")
+	if keys == nil {
+		log.Warn("the API is open: no --api-keys-file is set, so anyone who can reach " + ln.Addr().String() +
+			" can submit tasks (which call your webhooks), read every task's payload and result, and cancel or delete tasks; set --api-keys-file (taskqueue keygen makes keys) or keep this port on a private network")
+	}
+	if cert == nil {
+		log.Debug("serving plain HTTP: put a TLS proxy in front, or set --tls-cert and --tls-key")
+	}
 	if cfg.Broker == brokerMemory {
 		log.Info("tasks are kept in this process's memory: they are lost when it stops; use --broker redis to keep them")
 	}
@@ -278,6 +365,9 @@ func settings(cfg config) logrus.Fields {
 		"max_result_bytes":      cfg.MaxResultBytes,
 		"shutdown_timeout":      cfg.ShutdownTimeout.String(),
 		"webhooks":              webhooks,
+		"webhook_secrets":       len(cfg.WebhookSecrets),
+		"api_keys_file":         cfg.APIKeysFile,
+		"tls_cert":              cfg.TLSCert,
 		"type_limits":           typeLimitsFlag{&cfg.TypeLimits}.String(),
 		"key_limit":             keyLimitFlag{&cfg.KeyConcurrency}.String(),
 		"priority_aging":        cfg.PriorityAging.String(),
@@ -336,9 +426,14 @@ func (s *service) shutdown(total time.Duration) {
 	}
 	httpCtx, cancelHTTP := context.WithTimeout(context.Background(), plan.httpClose)
 	defer cancelHTTP()
-	if err := s.srv.Shutdown(httpCtx); err != nil {
-		_ = s.srv.Close()
-		s.log.WithError(err).Warn("http server did not close cleanly within its share of the shutdown timeout; closed its connections")
+	for _, srv := range []*http.Server{s.srv, s.metrics} {
+		if srv == nil {
+			continue
+		}
+		if err := srv.Shutdown(httpCtx); err != nil {
+			_ = srv.Close()
+			s.log.WithError(err).Warn("http server did not close cleanly within its share of the shutdown timeout; closed its connections")
+		}
 	}
 	brokerCtx, cancelBroker := context.WithDeadline(context.Background(), deadline)
 	defer cancelBroker()
@@ -412,4 +507,27 @@ func openBroker(ctx context.Context, cfg config, runs []string, log logrus.Field
 		counts := mem.Counts()
 		return logrus.Fields{"pending_dropped": counts.Pending, "retrying_dropped": counts.Retrying, "scheduled_dropped": counts.Scheduled, "running_dropped": counts.Running}
 	}}, nil
+}
+
+// reload re-reads the API key file and the TLS certificate (SIGHUP). What
+// cannot be read is logged and the previous keys or certificate stay;
+// requests in flight are not disturbed.
+func (s *service) reload() {
+	if s.keys == nil && s.cert == nil {
+		s.log.Info("SIGHUP: nothing to reload (no --api-keys-file, no --tls-cert)")
+	}
+	if s.keys != nil {
+		if n, err := s.keys.Reload(); err != nil {
+			s.log.WithError(err).WithField("api_keys", n).Error("SIGHUP: cannot reload the API keys; the previous keys stay in use")
+		} else {
+			s.log.WithField("api_keys", n).Info("SIGHUP: API keys reloaded")
+		}
+	}
+	if s.cert != nil {
+		if err := s.cert.reload(); err != nil {
+			s.log.WithError(err).Error("SIGHUP: cannot reload the TLS certificate; the previous one stays in use")
+		} else {
+			s.log.Info("SIGHUP: TLS certificate reloaded")
+		}
+	}
 }
