@@ -33,8 +33,14 @@ func startN(t *testing.T, n int, args ...string) []*server {
 }
 
 func TestRedisThreeInstancesRunEachTaskOnce(t *testing.T) {
+	threeInstancesRunEachTaskOnce(t, redisArgs(t, redisURL(t)))
+}
+
+// threeInstancesRunEachTaskOnce: three instances on the broker of base
+// run 2000 tasks submitted to all three, each exactly once.
+func threeInstancesRunEachTaskOnce(t *testing.T, base []string) {
 	hook := newReceiver(t, 200, false)
-	args := append(redisArgs(t, redisURL(t)), "--workers", "5", "--handler", "job="+hook.URL)
+	args := append(base, "--workers", "5", "--handler", "job="+hook.URL)
 	servers := startN(t, 3, args...)
 	const total = 2000
 	ids := make([]string, total)
@@ -69,8 +75,14 @@ func TestRedisThreeInstancesRunEachTaskOnce(t *testing.T) {
 }
 
 func TestRedisGlobalPriorityAcrossInstances(t *testing.T) {
+	globalPriorityAcrossInstances(t, redisArgs(t, redisURL(t)))
+}
+
+// globalPriorityAcrossInstances: tasks submitted to three instances start
+// in one priority order.
+func globalPriorityAcrossInstances(t *testing.T, base []string) {
 	hook := newGatedReceiver(t)
-	args := append(redisArgs(t, redisURL(t)), "--workers", "1", "--handler", "job="+hook.URL)
+	args := append(base, "--workers", "1", "--handler", "job="+hook.URL)
 	servers := startN(t, 3, args...)
 	for i := 0; i < 3; i++ { // occupy every worker
 		servers[i].submit("job", 0, 0)
@@ -96,8 +108,15 @@ func TestRedisGlobalPriorityAcrossInstances(t *testing.T) {
 }
 
 func TestRedisKilledInstanceTaskIsRecovered(t *testing.T) {
+	killedInstanceTaskIsRecovered(t, redisArgs(t, redisURL(t)))
+}
+
+// killedInstanceTaskIsRecovered: the task of an instance killed with
+// SIGKILL runs again on another within the lease and a few seconds, its
+// record showing the lost attempt.
+func killedInstanceTaskIsRecovered(t *testing.T, base []string) {
 	hook := newReceiver(t, 200, true)
-	args := append(redisArgs(t, redisURL(t)), "--workers", "1", "--lease", "1s", "--handler", "job="+hook.URL)
+	args := append(base, "--workers", "1", "--lease", "1s", "--handler", "job="+hook.URL)
 	victim := start(t, args...)
 	id := victim.submit("job", 0, 2)
 	eventually(t, "the victim to start the task", func() bool { return hook.count() == 1 })
@@ -122,9 +141,14 @@ func TestRedisKilledInstanceTaskIsRecovered(t *testing.T) {
 }
 
 func TestRedisStopAllAndRestartLosesNothing(t *testing.T) {
-	url := redisURL(t)
+	stopAllAndRestartLosesNothing(t, redisArgs(t, redisURL(t)), "tasks stay in Redis")
+}
+
+// stopAllAndRestartLosesNothing: every instance stops (handing back what
+// runs, logging stayed), new ones start, and every task runs.
+func stopAllAndRestartLosesNothing(t *testing.T, base []string, stayed string) {
 	hold := newReceiver(t, 200, true)
-	args := append(redisArgs(t, url), "--workers", "1", "--shutdown-timeout", "200ms")
+	args := append(base, "--workers", "1", "--shutdown-timeout", "200ms")
 	first := startN(t, 3, append(args, "--handler", "job="+hold.URL)...)
 	var ids []string
 	for i := 0; i < 20; i++ {
@@ -140,8 +164,8 @@ func TestRedisStopAllAndRestartLosesNothing(t *testing.T) {
 		}
 	}
 	for _, s := range first {
-		if l := s.findLog("tasks stay in Redis"); l == nil {
-			t.Fatalf("shutdown did not report what stays in Redis:\n%s", s.logText())
+		if l := s.findLog(stayed); l == nil {
+			t.Fatalf("shutdown did not report %q:\n%s", stayed, s.logText())
 		}
 	}
 	held, _, _ := hold.snapshot()
@@ -176,9 +200,17 @@ func TestRedisStopAllAndRestartLosesNothing(t *testing.T) {
 
 func TestRedisRestartUnderLoad(t *testing.T) {
 	srv := redisserver.Start(t)
-	// A dequeue whose reply is lost when Redis dies leaves its task running
-	// under a lease nobody renews; a short lease lets recovery run in time.
-	args := append(redisArgs(t, srv.URL), "--workers", "4", "--lease", "2s")
+	restartUnderLoad(t, redisArgs(t, srv.URL), srv.Kill, srv.Restart, "taking tasks from Redis again")
+}
+
+// restartUnderLoad: two instances take submissions while the broker is
+// killed and restarted; during the outage they answer 503 with
+// Retry-After, /healthz stays 200, and every accepted task succeeds.
+func restartUnderLoad(t *testing.T, base []string, kill, restart func(), again string) {
+	// A dequeue whose reply is lost when the broker dies leaves its task
+	// running under a lease nobody renews; a short lease lets recovery run
+	// in time.
+	args := append(base, "--workers", "4", "--lease", "2s")
 	servers := startN(t, 2, args...)
 	var mu sync.Mutex
 	var accepted []string
@@ -215,13 +247,16 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 	}
 	count := func() (int, int) { mu.Lock(); defer mu.Unlock(); return len(accepted), refused }
 	eventually(t, "load before the outage", func() bool { n, _ := count(); return n >= 100 })
-	srv.Kill()
-	eventually(t, "submissions refused while Redis is down", func() bool { _, r := count(); return r >= 20 })
+	kill()
+	eventually(t, "submissions refused while the broker is down", func() bool { _, r := count(); return r >= 20 })
 	if r := servers[0].request("GET", "/healthz", ""); r.status != 200 {
-		t.Fatalf("/healthz while Redis is down: %d", r.status)
+		t.Fatalf("/healthz while the broker is down: %d", r.status)
+	}
+	if r := servers[0].request("GET", "/readyz", ""); r.status != 503 {
+		t.Fatalf("/readyz while the broker is down: %d; want 503", r.status)
 	}
 	before, _ := count()
-	srv.Restart()
+	restart()
 	eventually(t, "submissions accepted again", func() bool { n, _ := count(); return n >= before+100 })
 	close(stop)
 	wg.Wait()
@@ -236,12 +271,12 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 	}
 	resumed := 0
 	for _, s := range servers {
-		if s.findLog("taking tasks from Redis again") != nil {
+		if s.findLog(again) != nil {
 			resumed++
 		}
 	}
 	if resumed == 0 {
-		t.Fatal("no instance reported losing and regaining Redis")
+		t.Fatalf("no instance logged %q after the broker came back", again)
 	}
 }
 

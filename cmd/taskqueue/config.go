@@ -14,6 +14,7 @@ import (
 	"github.com/taskqueue/taskqueue/adapters/handlers"
 	"github.com/taskqueue/taskqueue/adapters/httpapi"
 	"github.com/taskqueue/taskqueue/adapters/logging"
+	"github.com/taskqueue/taskqueue/adapters/postgres"
 	"github.com/taskqueue/taskqueue/adapters/redis"
 	"github.com/taskqueue/taskqueue/domain"
 )
@@ -45,6 +46,10 @@ type config struct {
 	Broker          string
 	RedisURL        string
 	RedisPrefix     string
+	PostgresURL     string
+	PostgresSchema  string
+	PostgresMigrate bool
+	PostgresPoll    bool
 	Lease           time.Duration
 	// Flow control.
 	TypeLimits     map[string]domain.TypeLimits
@@ -61,8 +66,9 @@ type config struct {
 
 // Brokers the service can run on.
 const (
-	brokerMemory = "memory"
-	brokerRedis  = "redis"
+	brokerMemory   = "memory"
+	brokerRedis    = "redis"
+	brokerPostgres = "postgres"
 )
 
 type webhookSpec struct {
@@ -184,10 +190,14 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.Var(typeLimitsFlag{&cfg.TypeLimits}, "type-limit", "TYPE=concurrency:N,rate:R/PERIOD: at most N attempts of TYPE at once and R started per PERIOD (a token bucket holding R), across every instance sharing the broker; give the same limits to every instance (repeatable; the variable separates entries with ;)")
 	fs.Var(keyLimitFlag{&cfg.KeyConcurrency}, "key-limit", "concurrency:N: at most N running attempts per fairness key, across every instance (tasks without a key are not capped)")
 	fs.DurationVar(&cfg.PriorityAging, "priority-aging", 0, "a pending task counts one priority level higher for every DURATION it has waited (up to 9), so low priorities are not starved; 0 keeps strict priority order")
-	fs.StringVar(&cfg.Broker, "broker", brokerMemory, "where tasks are kept: memory (this process only) or redis (shared by every instance, durable)")
+	fs.StringVar(&cfg.Broker, "broker", brokerMemory, "where tasks are kept: memory (this process only), redis or postgres (shared by every instance, durable)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis to use with --broker redis")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "taskqueue", "names the queue in Redis: keys are {PREFIX}:...; instances with the same prefix share it")
-	fs.DurationVar(&cfg.Lease, "lease", 30*time.Second, "with --broker redis: how long a running attempt's instance may go silent before another instance recovers the task (at least 1s)")
+	fs.StringVar(&cfg.PostgresURL, "postgres-url", "postgres://127.0.0.1:5432/taskqueue", "PostgreSQL to use with --broker postgres (a postgres:// URL; pool_max_conns=N sets the pool size, default 16)")
+	fs.StringVar(&cfg.PostgresSchema, "postgres-schema", "taskqueue", "names the queue in Postgres: its tables live in this schema; instances with the same schema share it")
+	fs.BoolVar(&cfg.PostgresMigrate, "postgres-migrate", true, "apply the schema migrations at start (under an advisory lock); false refuses to start on an older schema (run taskqueue migrate)")
+	fs.BoolVar(&cfg.PostgresPoll, "postgres-poll-only", false, "find work by polling every 100ms instead of LISTEN/NOTIFY, for transaction poolers such as PgBouncer where LISTEN does not work")
+	fs.DurationVar(&cfg.Lease, "lease", 30*time.Second, "with --broker redis or postgres: how long a running attempt's instance may go silent before another instance recovers the task (at least 1s)")
 	fs.Var(secretsFlag{&cfg.WebhookSecrets}, "webhook-secret", "whsec_BASE64: sign every webhook call as Standard Webhooks says (webhook-id, webhook-timestamp, webhook-signature); repeat to sign with several secrets while receivers rotate (the variable separates secrets with , or spaces)")
 	fs.StringVar(&cfg.APIKeysFile, "api-keys-file", "", "file of API keys, one \"NAME ROLES SHA256HEX\" per line (see taskqueue keygen); reloaded on SIGHUP. Without it the API is open to anyone who can reach it")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with --tls-key; both reloaded on SIGHUP")
@@ -287,8 +297,8 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 		return invalid("memory-limit", "must be at least 1MiB, got %d bytes", c.MemoryLimit)
 	case c.MemoryLimit < c.MaxBodyBytes:
 		return invalid("memory-limit", "must be at least --max-body-bytes (%d), got %d bytes", c.MaxBodyBytes, c.MemoryLimit)
-	case c.Broker != brokerMemory && c.Broker != brokerRedis:
-		return invalid("broker", "must be memory or redis, got %q", c.Broker)
+	case c.Broker != brokerMemory && c.Broker != brokerRedis && c.Broker != brokerPostgres:
+		return invalid("broker", "must be memory, redis or postgres, got %q", c.Broker)
 	case c.Lease < time.Second:
 		return invalid("lease", "must be at least 1s, got %s", c.Lease)
 	case c.Broker == brokerRedis && c.RedisPrefix == "":
@@ -316,6 +326,14 @@ func (c *config) validate(retryInitial, retryMax time.Duration) error {
 	if c.Broker == brokerRedis {
 		if _, err := redis.ParseURL(c.RedisURL); err != nil {
 			return invalid("redis-url", "%v", err)
+		}
+	}
+	if c.Broker == brokerPostgres {
+		if _, err := postgres.ParseURL(c.PostgresURL); err != nil {
+			return invalid("postgres-url", "%v", err)
+		}
+		if err := postgres.ValidateSchema(c.PostgresSchema); err != nil {
+			return invalid("postgres-schema", "%v", err)
 		}
 	}
 	for _, w := range c.Webhooks {
@@ -398,7 +416,7 @@ func envName(flag string) string {
 }
 
 func printUsage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "Usage: taskqueue [flags]\n       taskqueue healthcheck [flags]   (GET /healthz on --addr: exit 0 if alive, else 1)\n       taskqueue keygen --name NAME --roles ROLES   (print a new API key and its --api-keys-file line)\n\nA task queue with a REST API. Every flag can also be set by the environment\nvariable shown; a flag wins over its variable.\n\nFlags:\n")
+	fmt.Fprintf(w, "Usage: taskqueue [flags]\n       taskqueue healthcheck [flags]   (GET /healthz on --addr: exit 0 if alive, else 1)\n       taskqueue keygen --name NAME --roles ROLES   (print a new API key and its --api-keys-file line)\n       taskqueue migrate [--postgres-url URL] [--postgres-schema NAME]   (apply the Postgres schema migrations and exit)\n\nA task queue with a REST API. Every flag can also be set by the environment\nvariable shown; a flag wins over its variable.\n\nFlags:\n")
 	fs.VisitAll(func(f *flag.Flag) {
 		if f.Name == "version" {
 			fmt.Fprintf(w, "  --version\n    \t%s\n", f.Usage)

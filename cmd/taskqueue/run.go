@@ -23,6 +23,7 @@ import (
 	"github.com/taskqueue/taskqueue/adapters/logging"
 	"github.com/taskqueue/taskqueue/adapters/memory"
 	"github.com/taskqueue/taskqueue/adapters/metrics"
+	"github.com/taskqueue/taskqueue/adapters/postgres"
 	"github.com/taskqueue/taskqueue/adapters/redis"
 	"github.com/taskqueue/taskqueue/adapters/workerpool"
 	"github.com/taskqueue/taskqueue/application"
@@ -57,6 +58,9 @@ func run(signals <-chan os.Signal, args []string, getenv func(string) string, st
 	}
 	if len(args) > 0 && args[0] == "keygen" {
 		return keygen(args[1:], stdout)
+	}
+	if len(args) > 0 && args[0] == "migrate" {
+		return migrate(args[1:], getenv, stdout)
 	}
 	cfg, err := parseConfig(args, getenv, stdout)
 	if err != nil {
@@ -329,7 +333,7 @@ func start(ctx context.Context, cfg config, getenv func(string) string, log logr
 		log.Debug("serving plain HTTP: put a TLS proxy in front, or set --tls-cert and --tls-key")
 	}
 	if cfg.Broker == brokerMemory {
-		log.Info("tasks are kept in this process's memory: they are lost when it stops; use --broker redis to keep them")
+		log.Info("tasks are kept in this process's memory: they are lost when it stops; use --broker redis or --broker postgres to keep them")
 	}
 	if cfg.Workers == 0 {
 		msg := "API-only instance (--workers 0): it takes submissions and runs no task; instances with workers that share its broker run them"
@@ -380,6 +384,12 @@ func settings(cfg config) logrus.Fields {
 	case brokerRedis:
 		f["redis_url"] = redis.Redact(cfg.RedisURL)
 		f["redis_prefix"] = cfg.RedisPrefix
+		f["lease"] = cfg.Lease.String()
+	case brokerPostgres:
+		f["postgres_url"] = postgres.Redact(cfg.PostgresURL)
+		f["postgres_schema"] = cfg.PostgresSchema
+		f["postgres_migrate"] = cfg.PostgresMigrate
+		f["postgres_poll_only"] = cfg.PostgresPoll
 		f["lease"] = cfg.Lease.String()
 	}
 	return f
@@ -449,9 +459,12 @@ type openedBroker struct {
 	left func() logrus.Fields
 }
 
-// openBroker builds the configured broker. A Redis that cannot be reached
-// is an error naming the URL (exit code 1).
+// openBroker builds the configured broker. A Redis or Postgres that cannot
+// be reached is an error naming the URL (exit code 1).
 func openBroker(ctx context.Context, cfg config, runs []string, log logrus.FieldLogger) (openedBroker, error) {
+	if cfg.Broker == brokerPostgres {
+		return openPostgres(ctx, cfg, runs, log)
+	}
 	if cfg.Broker == brokerRedis {
 		rb, err := redis.New(ctx, redis.Options{
 			URL:             cfg.RedisURL,

@@ -48,6 +48,10 @@ var (
 	payload   = flag.Int("payload", 100, "payload size in bytes")
 	only      = flag.String("only", "", "run only this system (taskqueue or asynq)")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	pgURL     = flag.String("postgres", "", "compare the Postgres broker with River on this Postgres instead of Redis with asynq")
+	singles   = flag.Int("singles", 20_000, "with -postgres: tasks submitted one by one")
+	drainFor  = flag.Duration("drain-limit", 20*time.Second, "with -postgres: longest a drain run may take (the rate is what ran by then)")
+	pgRate    = flag.Int("pg-rate", 500, "with -postgres: tasks per second for the latency run")
 )
 
 type system interface {
@@ -71,6 +75,10 @@ func main() {
 		check(err)
 		check(pprof.StartCPUProfile(f))
 		defer pprof.StopCPUProfile()
+	}
+	if *pgURL != "" {
+		runPostgres(*pgURL)
+		return
 	}
 	opts, err := goredis.ParseURL(*redisURL)
 	if err != nil {
