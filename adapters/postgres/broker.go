@@ -104,8 +104,14 @@ type Broker struct {
 	mu      sync.Mutex
 	held    map[uuid.UUID]*lease
 	waiting []*waiter
+	ahead   []aheadTask // claimed ahead for workers about to ask
+	// settling counts Settle calls in progress; backlog says the last
+	// claim left many tasks waiting.
+	settling atomic.Int64
+	backlog  atomic.Bool
 
 	settles    chan *settleReq
+	enqueues   chan *enqueueReq
 	kick       chan struct{} // wakes the fetcher
 	notifyKick chan struct{} // asks the notifier to NOTIFY
 	stop       chan struct{}
@@ -130,6 +136,11 @@ const (
 	opTimeout  = 5 * time.Second
 	maxClaim   = 256
 	maxSettle  = 256
+	maxEnqueue = 1000
+	// gather is how long a claim or a settle waits for more of the same
+	// while other attempts of the instance are running: a bigger batch
+	// is one commit for many.
+	gather     = 500 * time.Microsecond
 	pruneBatch = 500
 )
 
@@ -282,6 +293,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		channel:    "taskqueue_" + opts.Schema,
 		held:       map[uuid.UUID]*lease{},
 		settles:    make(chan *settleReq),
+		enqueues:   make(chan *enqueueReq),
 		kick:       make(chan struct{}, 1),
 		notifyKick: make(chan struct{}, 1),
 		stop:       make(chan struct{}),
@@ -295,8 +307,9 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	for _, typ := range b.limited {
 		b.lockKeys = append(b.lockKeys, lockKey(opts.Schema, "type\x00"+typ))
 	}
-	b.loops.Add(6)
+	b.loops.Add(7)
 	go b.settleLoop()
+	go b.enqueueLoop()
 	go b.fetchLoop()
 	go b.notifyLoop()
 	go b.listenLoop()
@@ -378,6 +391,123 @@ func (b *Broker) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 			return &domain.TransitionError{Action: "enqueue", From: st}
 		}
 	}
+	req := &enqueueReq{tasks: tasks, done: make(chan error, 1)}
+	select {
+	case b.enqueues <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.stop:
+		return domain.ErrShuttingDown
+	}
+	// The write goes on even if ctx ends: its outcome is not lost, only
+	// not waited for.
+	err := <-req.done
+	if err == nil {
+		b.wake()
+	}
+	return err
+}
+
+// enqueueReq is one Enqueue waiting for the enqueuer to store its tasks.
+type enqueueReq struct {
+	tasks []*domain.Task
+	done  chan error
+}
+
+// enqueueLoop stores the Enqueue calls that come in together in one
+// transaction: it holds the bound lock once, counts the waiting tasks
+// once, takes the calls in order while they fit (each all or nothing),
+// inserts them with one statement and commits once. A call alone takes
+// the one-round-trip path.
+func (b *Broker) enqueueLoop() {
+	defer b.loops.Done()
+	ctx, cancel := b.stopCtx()
+	defer cancel()
+	for {
+		var reqs []*enqueueReq
+		select {
+		case <-b.stop:
+			return
+		case r := <-b.enqueues:
+			reqs = append(reqs, r)
+		}
+		n := len(reqs[0].tasks)
+	more:
+		for n < maxEnqueue {
+			select {
+			case r := <-b.enqueues:
+				reqs = append(reqs, r)
+				n += len(r.tasks)
+			default:
+				break more
+			}
+		}
+		wctx := context.WithoutCancel(ctx)
+		if len(reqs) == 1 {
+			reqs[0].done <- b.insert(wctx, reqs[0].tasks)
+			continue
+		}
+		errs, err := b.insertMany(wctx, reqs)
+		if err != nil {
+			// A duplicate id in one call spoils the statement: store
+			// each call on its own so only that one is refused.
+			for _, r := range reqs {
+				r.done <- b.insert(wctx, r.tasks)
+			}
+			continue
+		}
+		for i, r := range reqs {
+			r.done <- errs[i]
+		}
+	}
+}
+
+// insertMany stores several calls' tasks in one transaction and returns
+// each call's answer (nil, or domain.ErrQueueFull when it did not fit),
+// or an error for the whole transaction.
+func (b *Broker) insertMany(ctx context.Context, reqs []*enqueueReq) ([]error, error) {
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
+	conn, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release() // in a failed transaction, the pool drops the connection
+	var waiting int64
+	batch := &pgx.Batch{}
+	batch.Queue("BEGIN")
+	batch.Queue("SELECT pg_advisory_xact_lock($1)", b.boundKey())
+	batch.Queue("SELECT coalesce(sum(n), 0)::int8 FROM " + b.s + ".counts WHERE status IN (" + statusList(waitingStatuses()) + ")").
+		QueryRow(func(row pgx.Row) error { return row.Scan(&waiting) })
+	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
+		return nil, err
+	}
+	errs := make([]error, len(reqs))
+	var tasks []*domain.Task
+	for i, r := range reqs {
+		if waiting+int64(len(r.tasks)) > int64(b.opts.QueueSize) {
+			errs[i] = domain.ErrQueueFull
+			continue
+		}
+		waiting += int64(len(r.tasks))
+		tasks = append(tasks, r.tasks...)
+	}
+	batch = &pgx.Batch{}
+	if len(tasks) > 0 {
+		q, args := insertArgs(b.s, tasks, b.opts.Now(), 0) // counted above
+		batch.Queue(q, args...)
+	}
+	batch.Queue("COMMIT")
+	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
+		return nil, err
+	}
+	return errs, nil
+}
+
+// insert stores one call's tasks, all or none, in one round trip: one
+// implicit transaction holds the bound lock from before the count until
+// the rows are in.
+func (b *Broker) insert(ctx context.Context, tasks []*domain.Task) error {
 	ctx, cancel := opCtx(ctx)
 	defer cancel()
 	q, args := insertArgs(b.s, tasks, b.opts.Now(), b.opts.QueueSize)
@@ -385,8 +515,6 @@ func (b *Broker) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 	batch.Queue("SELECT pg_advisory_xact_lock($1)", b.boundKey())
 	var stored int64
 	batch.Queue(q, args...).QueryRow(func(row pgx.Row) error { return row.Scan(&stored) })
-	// One round trip, one implicit transaction: the lock is held from
-	// before the count until the rows are in.
 	if err := b.pool.SendBatch(ctx, batch).Close(); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
@@ -397,7 +525,6 @@ func (b *Broker) Enqueue(ctx context.Context, tasks ...*domain.Task) error {
 	if stored == 0 {
 		return domain.ErrQueueFull
 	}
-	b.wake()
 	return nil
 }
 
@@ -452,6 +579,11 @@ func (b *Broker) Settle(ctx context.Context, attempt int, task *domain.Task) err
 		return &domain.TransitionError{Action: "settle", From: st}
 	}
 	defer b.forget(id, attempt)
+	b.settling.Add(1)
+	defer b.settling.Add(-1)
+	if b.backlog.Load() {
+		b.kickFetch() // claim this worker's next task while this is written
+	}
 	deadline := b.opts.Now().Add(b.opts.Lease)
 	m := move{task: task, oldStatus: domain.StatusRunning, oldAttempt: attempt, pendingSince: h.ready}
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
@@ -529,15 +661,31 @@ func (b *Broker) settleLoop() {
 		case r := <-b.settles:
 			reqs = append(reqs, r)
 		}
+		// While other attempts of this instance are running they tend to
+		// end together (their workers started together): wait up to
+		// gather for them, so one commit records them all.
+		deadline := time.NewTimer(gather)
 	more:
 		for len(reqs) < maxSettle {
 			select {
 			case r := <-b.settles:
 				reqs = append(reqs, r)
+				continue
 			default:
+			}
+			if b.Held() <= len(reqs) {
+				break
+			}
+			select {
+			case r := <-b.settles:
+				reqs = append(reqs, r)
+			case <-deadline.C:
+				break more
+			case <-b.stop:
 				break more
 			}
 		}
+		deadline.Stop()
 		ms := make(moves, len(reqs))
 		for i, r := range reqs {
 			ms[i] = r.m
@@ -611,8 +759,14 @@ func (b *Broker) Close(ctx context.Context) (stillHeld int) {
 		w.ch <- fetched{err: domain.ErrShuttingDown}
 	}
 	b.waiting = nil
+	var ahead []claimedTask
+	for _, a := range b.ahead {
+		ahead = append(ahead, a.claimedTask)
+	}
+	b.ahead = nil
 	stillHeld = len(b.held)
 	b.mu.Unlock()
+	b.giveBack(ahead)
 	if stillHeld > 0 {
 		b.log.WithField("count", stillHeld).Warn("attempts still running at close; other instances recover them when their leases run out")
 	}

@@ -32,6 +32,13 @@ func (b *Broker) Dequeue(ctx context.Context) (ports.Attempt, error) {
 	}
 	w := &waiter{ch: make(chan fetched, 1)}
 	b.mu.Lock()
+	if len(b.ahead) > 0 {
+		c := b.ahead[0]
+		b.ahead = b.ahead[1:]
+		att := b.holdLocked(c.claimedTask)
+		b.mu.Unlock()
+		return att, nil
+	}
 	b.waiting = append(b.waiting, w)
 	b.mu.Unlock()
 	b.kickFetch()
@@ -108,12 +115,22 @@ func (b *Broker) fetchLoop() {
 		case <-timer.C:
 		}
 		next := b.opts.PollInterval
+		if b.expireAhead() > 0 {
+			next = aheadFor
+		}
 		for {
-			n := b.waiters()
-			if n == 0 {
+			n, ahead := b.demand()
+			if n+ahead == 0 {
 				break
 			}
-			got, retryIn, err := b.claim(ctx, min(n, maxClaim))
+			if ahead == 0 && b.Held() > 0 {
+				// Workers of running attempts are about to ask too: wait
+				// up to gather for them, so one claim serves them all.
+				b.gatherWaiters(n)
+				n, ahead = b.demand()
+			}
+			want := min(n+ahead, maxClaim)
+			got, retryIn, pending, err := b.claim(ctx, want)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -129,10 +146,20 @@ func (b *Broker) fetchLoop() {
 			if retryIn > 0 {
 				next = min(next, retryIn)
 			}
+			// A backlog: more tasks wait than several claims of this size
+			// take. Then the next claim also serves workers whose attempt
+			// is being recorded (see demand).
+			left := pending - int64(len(got))
+			b.backlog.Store(left >= backlogMin && left >= backlogFactor*int64(want))
 			if left := b.deliver(got); len(left) > 0 {
-				b.giveBack(left)
+				if ahead > 0 {
+					b.keepAhead(left)
+					next = aheadFor
+				} else {
+					b.giveBack(left)
+				}
 			}
-			if len(got) < n {
+			if len(got) < want {
 				break
 			}
 		}
@@ -143,6 +170,84 @@ func (b *Broker) fetchLoop() {
 			}
 		}
 		timer.Reset(next)
+	}
+}
+
+// Claiming ahead. Under a backlog, a worker that has just finished an
+// attempt will ask for the next one as soon as the outcome is recorded;
+// the fetcher claims that next task while the outcome is being written,
+// so the two overlap instead of following each other. A task claimed
+// ahead that no worker takes within aheadFor is put back at its place.
+// A backlog is at least backlogMin tasks left pending after a claim, and
+// backlogFactor times what it asked for. With no backlog nothing is
+// claimed ahead, so a task submitted while a worker finishes is still
+// considered for that worker.
+const (
+	aheadFor      = 20 * time.Millisecond
+	backlogFactor = 4
+	backlogMin    = 100
+)
+
+// aheadTask is a task claimed ahead, waiting for a worker.
+type aheadTask struct {
+	claimedTask
+	at time.Time
+}
+
+// demand returns how many workers wait in Dequeue, and, under a backlog,
+// how many more are about to (their attempt's outcome is being recorded)
+// beyond the tasks already claimed ahead.
+func (b *Broker) demand() (waiting, ahead int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	waiting = len(b.waiting)
+	if b.backlog.Load() {
+		ahead = max(0, int(b.settling.Load())-len(b.ahead))
+	}
+	return waiting, ahead
+}
+
+// keepAhead keeps claimed tasks for the next workers to ask.
+func (b *Broker) keepAhead(cs []claimedTask) {
+	now := time.Now()
+	b.mu.Lock()
+	for _, c := range cs {
+		b.ahead = append(b.ahead, aheadTask{claimedTask: c, at: now})
+	}
+	b.mu.Unlock()
+}
+
+// expireAhead gives back tasks claimed ahead that no worker took in time,
+// and returns how many are still kept.
+func (b *Broker) expireAhead() int {
+	b.mu.Lock()
+	var old []claimedTask
+	i := 0
+	for ; i < len(b.ahead) && time.Since(b.ahead[i].at) >= aheadFor; i++ {
+		old = append(old, b.ahead[i].claimedTask)
+	}
+	b.ahead = b.ahead[i:]
+	kept := len(b.ahead)
+	b.mu.Unlock()
+	if len(old) > 0 {
+		b.giveBack(old)
+	}
+	return kept
+}
+
+// gatherWaiters waits up to gather for more workers to ask than the n
+// that already do, returning early once no attempt is running.
+func (b *Broker) gatherWaiters(n int) {
+	t := time.NewTimer(gather)
+	defer t.Stop()
+	for b.Held() > 0 {
+		select {
+		case <-t.C:
+			return
+		case <-b.stop:
+			return
+		case <-b.kick:
+		}
 	}
 }
 
@@ -186,12 +291,17 @@ func (b *Broker) deliver(got []claimedTask) []claimedTask {
 	for ; i < len(got) && len(b.waiting) > 0; i++ {
 		w := b.waiting[0]
 		b.waiting = b.waiting[1:]
-		c := got[i]
-		l := &lease{attempt: c.task.Attempts(), ready: c.ready, cancelled: make(chan struct{})}
-		b.held[c.task.ID()] = l
-		w.ch <- fetched{att: ports.Attempt{Task: c.task, Cancelled: l.cancelled, Ready: c.ready}}
+		w.ch <- fetched{att: b.holdLocked(got[i])}
 	}
 	return got[i:]
+}
+
+// holdLocked records c as an attempt a worker runs (its lease is renewed
+// and its cancel noticed from now on) and returns it. b.mu is held.
+func (b *Broker) holdLocked(c claimedTask) ports.Attempt {
+	l := &lease{attempt: c.task.Attempts(), ready: c.ready, cancelled: make(chan struct{})}
+	b.held[c.task.ID()] = l
+	return ports.Attempt{Task: c.task, Cancelled: l.cancelled, Ready: c.ready}
 }
 
 // giveBack undoes attempts that were started but reached no worker: each
@@ -296,12 +406,12 @@ func (g *group) head(capped map[string]bool) *keyQueue {
 // candidates, lets the domain pick and start them, and writes the
 // attempts, the turns and the buckets. It returns the started tasks and,
 // when a rate limit held tasks back, how long until a token comes.
-func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn time.Duration, err error) {
+func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn time.Duration, pending int64, err error) {
 	ctx, cancel := opCtx(ctx)
 	defer cancel()
 	conn, err := b.pool.Acquire(ctx)
 	if err != nil {
-		return nil, 0, classify(ctx, err)
+		return nil, 0, 0, classify(ctx, err)
 	}
 	defer conn.Release() // in a failed transaction, the pool drops the connection
 	defer func() {
@@ -347,7 +457,8 @@ func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn tim
 			return rows.Err()
 		})
 	}
-	batch.Queue("SELECT nextval('" + b.s + ".seq')").QueryRow(func(row pgx.Row) error { return row.Scan(&stamp) })
+	batch.Queue("SELECT nextval('" + b.s + ".seq'), (SELECT coalesce(sum(n), 0)::int8 FROM " + b.s + ".counts WHERE status = 1)").
+		QueryRow(func(row pgx.Row) error { return row.Scan(&stamp, &pending) })
 	var types []string
 	if b.opts.Types != nil {
 		types = append([]string{}, b.opts.Types...)
@@ -365,24 +476,24 @@ func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn tim
 		return rows.Err()
 	})
 	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
-		return nil, 0, classify(ctx, err)
+		return nil, 0, 0, classify(ctx, err)
 	}
 	if len(cands) == 0 {
 		_, err := conn.Exec(ctx, "COMMIT")
-		return nil, 0, classify(ctx, err)
+		return nil, 0, 0, classify(ctx, err)
 	}
 	// Key caps: lock the candidate keys (sorted, after the type locks, so
 	// claims never wait for each other in a cycle) and count what they run.
 	keyRunning := map[string]int64{}
 	if b.opts.KeyConcurrency > 0 {
 		if keyRunning, err = b.lockKeysRunning(ctx, conn.Conn(), cands); err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 	}
 	picked, served, used, wait := b.pick(cands, turns, n, stamp, now, running, buckets, keyRunning)
 	if len(picked) == 0 {
 		_, err := conn.Exec(ctx, "COMMIT")
-		return nil, wait, classify(ctx, err)
+		return nil, wait, pending, classify(ctx, err)
 	}
 	out := make([]claimedTask, 0, len(picked))
 	ms := make(moves, 0, len(picked))
@@ -390,10 +501,10 @@ func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn tim
 	for _, r := range picked {
 		t, err := r.task()
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		if err := t.Start(now); err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		ms = append(ms, move{task: t, oldStatus: domain.StatusPending, oldAttempt: r.snap.Attempts, pendingSince: r.pendingSince, owner: b.owner, leaseUntil: leaseUntil})
 		out = append(out, claimedTask{task: t, ready: r.pendingSince})
@@ -431,13 +542,13 @@ ON CONFLICT (type) DO UPDATE SET tokens = excluded.tokens, at = excluded.at`, ty
 	}
 	batch.Queue("COMMIT")
 	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
-		return nil, 0, classify(ctx, err)
+		return nil, 0, 0, classify(ctx, err)
 	}
 	if moved != len(ms) {
 		// Cannot happen while the rows are locked; say so if it does.
-		return nil, 0, errors.New("postgres: a claimed task changed under its row lock")
+		return nil, 0, 0, errors.New("postgres: a claimed task changed under its row lock")
 	}
-	return out, wait, nil
+	return out, wait, pending, nil
 }
 
 // served is a key's new turn in one type and priority.

@@ -265,3 +265,28 @@ func TestRedactHidesPasswords(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFlowDrain drains b.N stored tasks with 50 workers, for each
+// shape of types and keys; see brokertest.BenchmarkDrain. Give it a fixed
+// count (-benchtime 20000x): each round stores b.N tasks first.
+func BenchmarkFlowDrain(b *testing.B) {
+	for _, shape := range brokertest.Shapes {
+		b.Run(shape.String(), func(b *testing.B) {
+			cfg := shape.Config(b.N + 1)
+			broker := newBroker(b, pgserver.Schema(b, pgserver.URL(b)), func(o *postgres.Options) { o.QueueSize, o.Retention, o.Types = cfg.QueueSize, time.Hour, cfg.Types })
+			brokertest.BenchmarkDrain(b, broker, shape, 50)
+		})
+	}
+}
+
+// BenchmarkFlowSubmitToStart measures the wait from Enqueue to the start
+// of the attempt with 10 idle workers; see brokertest.BenchmarkSubmitToStart.
+func BenchmarkFlowSubmitToStart(b *testing.B) {
+	for _, shape := range brokertest.Shapes {
+		b.Run(shape.String(), func(b *testing.B) {
+			cfg := shape.Config(1000)
+			broker := newBroker(b, pgserver.Schema(b, pgserver.URL(b)), func(o *postgres.Options) { o.QueueSize, o.Retention, o.Types = cfg.QueueSize, time.Hour, cfg.Types })
+			brokertest.BenchmarkSubmitToStart(b, broker, shape, 10)
+		})
+	}
+}

@@ -188,7 +188,8 @@ SELECT id FROM u`
 
 // insertArgs returns the statement that stores new tasks in schema s when
 // the waiting tasks and those of the batch that wait fit under size, and
-// its arguments. It returns how many rows it stored: all or none.
+// its arguments. It returns how many rows it stored: all or none. A size
+// of 0 stores them without counting (the caller did, under the lock).
 func insertArgs(s string, tasks []*domain.Task, now time.Time, size int) (string, []any) {
 	n := len(tasks)
 	ids := make([]uuid.UUID, n)
@@ -239,6 +240,10 @@ func insertArgs(s string, tasks []*domain.Task, now time.Time, size int) (string
   ON CONFLICT (type, status, stripe) DO UPDATE SET n = ` + s + `.counts.n + excluded.n
 )
 SELECT count(*) FROM ins`
+	check := int64(waiting) // 0: no check (size <= 0, the caller counted)
+	if size <= 0 {
+		check = 0
+	}
 	return q, []any{ids, types, keys, priority, status, maxRetries, attempts, retriesUsed, payload, lastError,
-		created, updated, started, finished, next, runAt, result, truncated, pending, due, int64(waiting), int64(size), stripe()}
+		created, updated, started, finished, next, runAt, result, truncated, pending, due, check, int64(size), stripe()}
 }
