@@ -341,34 +341,35 @@ func unstart(t *domain.Task) (*domain.Task, error) {
 	return domain.RehydrateTask(s)
 }
 
-// candidateSQL finds, for each type and priority with pending tasks, the
-// keys whose turn comes first (a skip scan over tasks_ready finds every
-// key's oldest task; a key's turn is when it was last served or, if
-// later, when its oldest task became pending) and locks about $2 of
-// their oldest tasks in all (a share of $2 for each of the first $2
-// keys), skipping rows other claims hold. The
-// domain then picks among them.
+// candidateSQL finds the types and priorities with pending tasks (a
+// skip scan over tasks_ready, one probe per type and priority), and in
+// each the $2 keys whose turn comes first and that have a pending task
+// (turns_order; a scalar subquery probes each key, so the planner cannot
+// turn the check into a scan of the whole type and priority), and locks about $2 of those keys' oldest tasks in all (a
+// share of $2 for each key), skipping rows other claims hold. The domain
+// then picks among them.
 func candidateSQL(s string) string {
 	return `WITH RECURSIVE g AS (
-  (SELECT type, priority, fkey, seq FROM ` + s + `.tasks WHERE status = 1 ORDER BY type, priority, fkey, seq LIMIT 1)
+  (SELECT type, priority FROM ` + s + `.tasks WHERE status = 1 ORDER BY type, priority LIMIT 1)
   UNION ALL
   SELECT h.* FROM g, LATERAL (
-    SELECT type, priority, fkey, seq FROM ` + s + `.tasks
-    WHERE status = 1 AND (type, priority, fkey) > (g.type, g.priority, g.fkey)
-    ORDER BY type, priority, fkey, seq LIMIT 1) h
+    SELECT type, priority FROM ` + s + `.tasks
+    WHERE status = 1 AND (type, priority) > (g.type, g.priority)
+    ORDER BY type, priority LIMIT 1) h
 ), k AS (
-  SELECT g.type, g.priority, g.fkey, greatest(coalesce(tr.served, 0), g.seq * 1024) AS turn,
-    row_number() OVER (PARTITION BY g.type, g.priority ORDER BY greatest(coalesce(tr.served, 0), g.seq * 1024), g.fkey) AS r,
-    count(*) OVER (PARTITION BY g.type, g.priority) AS nk
-  FROM g LEFT JOIN ` + s + `.turns tr ON tr.type = g.type AND tr.priority = g.priority AND tr.fkey = g.fkey
+  SELECT g.type, g.priority, x.fkey, x.turn, count(*) OVER (PARTITION BY g.type, g.priority) AS nk
+  FROM g, LATERAL (
+    SELECT x.fkey, x.turn FROM ` + s + `.turns x
+    WHERE x.type = g.type AND x.priority = g.priority AND (SELECT true FROM ` + s + `.tasks t
+      WHERE t.status = 1 AND t.type = x.type AND t.priority = x.priority AND t.fkey = x.fkey LIMIT 1)
+    ORDER BY x.turn LIMIT $2) x
   WHERE ($1::text[] IS NULL OR g.type = ANY($1))
     AND NOT EXISTS (SELECT 1 FROM ` + s + `.paused p WHERE p.type = g.type)
 )
 SELECT k.turn, t.* FROM k, LATERAL (
   SELECT ` + taskCols + ` FROM ` + s + `.tasks t
   WHERE t.status = 1 AND t.type = k.type AND t.priority = k.priority AND t.fkey = k.fkey
-  ORDER BY t.seq LIMIT ceil($2::float8 / least(k.nk, $2))::int8 FOR UPDATE SKIP LOCKED) t
-WHERE k.r <= $2`
+  ORDER BY t.seq LIMIT ceil($2::float8 / least(k.nk, $2))::int8 FOR UPDATE SKIP LOCKED) t`
 }
 
 // keyQueue is one key's locked candidates in one type and priority.
@@ -509,7 +510,22 @@ func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn tim
 		ms = append(ms, move{task: t, oldStatus: domain.StatusPending, oldAttempt: r.snap.Attempts, pendingSince: r.pendingSince, owner: b.owner, leaseUntil: leaseUntil})
 		out = append(out, claimedTask{task: t, ready: r.pendingSince})
 	}
+	// Locks in one order everywhere (tasks, then turns, then counts), so
+	// claims, submissions and settles never wait for each other in a
+	// cycle: the claim's rows are locked; its turns go before the
+	// statement that writes the counters.
 	batch = &pgx.Batch{}
+	if len(served) > 0 {
+		var typs, keys []string
+		var levels []int16
+		var stamps []int64
+		for _, s := range served {
+			typs, levels, keys, stamps = append(typs, s.typ), append(levels, int16(s.level)), append(keys, s.key), append(stamps, s.turn)
+		}
+		batch.Queue(`INSERT INTO `+b.s+`.turns (type, priority, fkey, turn)
+SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::int8[])
+ON CONFLICT (type, priority, fkey) DO UPDATE SET turn = excluded.turn`, typs, levels, keys, stamps)
+	}
 	q, args := ms.args(b.s)
 	moved := 0
 	batch.Queue(q, args...).Query(func(rows pgx.Rows) error {
@@ -518,17 +534,6 @@ func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn tim
 		}
 		return rows.Err()
 	})
-	if len(served) > 0 {
-		var typs, keys []string
-		var levels []int16
-		var stamps []int64
-		for _, s := range served {
-			typs, levels, keys, stamps = append(typs, s.typ), append(levels, int16(s.level)), append(keys, s.key), append(stamps, s.turn)
-		}
-		batch.Queue(`INSERT INTO `+b.s+`.turns (type, priority, fkey, served)
-SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::int8[])
-ON CONFLICT (type, priority, fkey) DO UPDATE SET served = excluded.served`, typs, levels, keys, stamps)
-	}
 	if len(used) > 0 {
 		var typs []string
 		var tokens []float64

@@ -184,14 +184,57 @@ func (b *Broker) prune(ctx context.Context) error {
 			break
 		}
 	}
-	// Turns of keys with no pending task: a missing row is read as "joined
-	// when its oldest task became pending", so removing one never loses a
-	// task, only the key's place.
-	_, err := b.pool.Exec(ctx, `DELETE FROM `+b.s+`.turns tr WHERE (type, priority, fkey) IN (
-  SELECT type, priority, fkey FROM `+b.s+`.turns x WHERE NOT EXISTS (
-    SELECT 1 FROM `+b.s+`.tasks t WHERE t.status = 1 AND t.type = x.type AND t.priority = x.priority AND t.fkey = x.fkey)
-  LIMIT $1)`, pruneBatch)
+	if err := b.pruneTurns(ctx); err != nil {
+		return err
+	}
+	// The turns table is small and every claim of keyed tasks rewrites
+	// some of its rows: its index fills with dead entries that each
+	// claim would step over, long before autovacuum's next round (a
+	// minute apart by default). Vacuuming it is cheap; do it here.
+	_, err := b.pool.Exec(ctx, "VACUUM (SKIP_LOCKED) "+b.s+".turns")
 	return classify(ctx, err)
+}
+
+// pruneTurns deletes the turns of keys with no pending task, in batches:
+// it locks them first and looks again in a second statement (a fresh
+// snapshot), so a task that became pending meanwhile (its statement
+// locks its key's row) keeps its key's row.
+func (b *Broker) pruneTurns(ctx context.Context) error {
+	for {
+		var n int64
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, `SELECT type, priority, fkey FROM `+b.s+`.turns x WHERE NOT EXISTS (
+  SELECT 1 FROM `+b.s+`.tasks t WHERE t.status = 1 AND t.type = x.type AND t.priority = x.priority AND t.fkey = x.fkey)
+ORDER BY type, priority, fkey LIMIT $1 FOR UPDATE SKIP LOCKED`, pruneBatch)
+			if err != nil {
+				return err
+			}
+			var typs, keys []string
+			var levels []int16
+			for rows.Next() {
+				var typ, key string
+				var level int16
+				if err := rows.Scan(&typ, &level, &key); err != nil {
+					return err
+				}
+				typs, levels, keys = append(typs, typ), append(levels, level), append(keys, key)
+			}
+			if err := rows.Err(); err != nil || len(typs) == 0 {
+				return err
+			}
+			_, err = tx.Exec(ctx, `DELETE FROM `+b.s+`.turns x USING unnest($1::text[], $2::int2[], $3::text[]) AS d(type, priority, fkey)
+WHERE x.type = d.type AND x.priority = d.priority AND x.fkey = d.fkey AND NOT EXISTS (
+  SELECT 1 FROM `+b.s+`.tasks t WHERE t.status = 1 AND t.type = x.type AND t.priority = x.priority AND t.fkey = x.fkey)`, typs, levels, keys)
+			n = int64(len(typs))
+			return err
+		})
+		if err != nil {
+			return classify(ctx, err)
+		}
+		if n < pruneBatch {
+			return nil
+		}
+	}
 }
 
 // pruneWhere deletes finished tasks matching cond (with $1), in batches,

@@ -173,7 +173,8 @@ func (ms moves) args(s string) (string, []any) {
       started_at, finished_at, next_attempt_at, run_at, result, result_truncated, new_seq, pending_since,
       due_at, owner, lease_until)
   WHERE t.id = u.id AND t.status = u.old_status AND t.attempts = u.old_attempts
-  RETURNING t.id, t.type, u.old_status, t.status
+  RETURNING t.id, t.type, t.priority, t.fkey, t.seq, u.old_status, t.status
+), tr AS (` + turnsUpsert(s, "u") + `
 ), c AS (
   INSERT INTO ` + s + `.counts (type, status, stripe, n)
   SELECT type, st, $20, sum(d) FROM (
@@ -184,6 +185,21 @@ func (ms moves) args(s string) (string, []any) {
 SELECT id FROM u`
 	return q, []any{ids, oldStatus, oldAttempts, status, attempts, retriesUsed, lastError, updated,
 		started, finished, next, runAt, result, truncated, newSeq, pending, due, owner, lease, stripe()}
+}
+
+// turnsUpsert is the statement that gives every key with a task that
+// became pending (the rows of CTE from with status 1) its row in turns:
+// a key that had no pending task joins at the back (its first task's
+// place); a key already waiting keeps its turn. It locks the key's row
+// either way, so pruning cannot remove it under this transaction.
+func turnsUpsert(s, from string) string {
+	return `
+  INSERT INTO ` + s + `.turns AS x (type, priority, fkey, turn)
+  SELECT type, priority, fkey, min(seq) * 1024 FROM ` + from + ` WHERE status = 1
+  GROUP BY type, priority, fkey ORDER BY type, priority, fkey
+  ON CONFLICT (type, priority, fkey) DO UPDATE SET turn = excluded.turn
+  WHERE x.turn < excluded.turn AND NOT EXISTS (SELECT 1 FROM ` + s + `.tasks t
+    WHERE t.status = 1 AND t.type = excluded.type AND t.priority = excluded.priority AND t.fkey = excluded.fkey)`
 }
 
 // insertArgs returns the statement that stores new tasks in schema s when
@@ -233,7 +249,8 @@ func insertArgs(s string, tasks []*domain.Task, now time.Time, size int) (string
       started_at, finished_at, next_attempt_at, run_at, result, result_truncated, pending_since, due_at, ord)
   WHERE $21::int8 = 0 OR (SELECT coalesce(sum(n), 0) FROM ` + s + `.counts WHERE status IN (` + statusList(waitingStatuses()) + `)) + $21 <= $22
   ORDER BY ord
-  RETURNING type, status
+  RETURNING type, priority, fkey, seq, status
+), tr AS (` + turnsUpsert(s, "ins") + `
 ), c AS (
   INSERT INTO ` + s + `.counts (type, status, stripe, n)
   SELECT type, status, $23, count(*) FROM ins GROUP BY type, status ORDER BY type, status

@@ -75,17 +75,21 @@ CREATE TABLE {{schema}}.counts (
     PRIMARY KEY (type, status, stripe)
 );
 
--- When each fairness key was last served, per type and priority: keys
--- take turns, the one served longest ago (or that joined longest ago)
--- first. Rows of idle keys are pruned; a missing row means the key joined
--- when its oldest pending task became pending.
+-- The turns fairness keys take, per type and priority: a row for every
+-- key with a pending task (every statement that makes a task pending
+-- makes sure of it), ordered by turn: when the key was last served, or
+-- when it joined (its first pending task's place). A claim serves the
+-- keys with the lowest turns first and moves each to the back. Rows of
+-- keys with nothing pending are pruned (locked first, so a task becoming
+-- pending at that moment keeps its key's row).
 CREATE TABLE {{schema}}.turns (
     type     text     NOT NULL,
     priority smallint NOT NULL,
     fkey     text     NOT NULL,
-    served   bigint   NOT NULL,
+    turn     bigint   NOT NULL,
     PRIMARY KEY (type, priority, fkey)
 );
+CREATE INDEX turns_order ON {{schema}}.turns (type, priority, turn);
 
 -- Paused types, and the token buckets of rate-limited types.
 CREATE TABLE {{schema}}.paused (
