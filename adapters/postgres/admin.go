@@ -247,8 +247,8 @@ func (b *Broker) List(ctx context.Context, filter ports.ListFilter, after uuid.U
 	return page, nil
 }
 
-// Stats sums the counters and finds each type's oldest pending task from
-// the heads of its keys; see ports.StatsReader.
+// Stats sums the counters and reads each type's oldest pending task (one
+// index probe per type with pending tasks); see ports.StatsReader.
 func (b *Broker) Stats(ctx context.Context) (ports.Stats, error) {
 	ctx, cancel := opCtx(ctx)
 	defer cancel()
@@ -269,15 +269,9 @@ func (b *Broker) Stats(ctx context.Context) (ports.Stats, error) {
 		}
 		return rows.Err()
 	})
-	batch.Queue(`WITH RECURSIVE g AS (
-  (SELECT type, priority, fkey, pending_since FROM ` + b.s + `.tasks WHERE status = 1 ORDER BY type, priority, fkey, seq LIMIT 1)
-  UNION ALL
-  SELECT h.* FROM g, LATERAL (
-    SELECT type, priority, fkey, pending_since FROM ` + b.s + `.tasks
-    WHERE status = 1 AND (type, priority, fkey) > (g.type, g.priority, g.fkey)
-    ORDER BY type, priority, fkey, seq LIMIT 1) h
-)
-SELECT type, min(pending_since) FROM g GROUP BY type`).Query(func(rows pgx.Rows) error {
+	batch.Queue(`SELECT c.type, h.pending_since FROM (
+  SELECT type FROM ` + b.s + `.counts WHERE status = 1 GROUP BY type HAVING sum(n) > 0) c,
+LATERAL (SELECT pending_since FROM ` + b.s + `.tasks t WHERE t.status = 1 AND t.type = c.type ORDER BY t.seq LIMIT 1) h`).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var typ string
 			var since *int64

@@ -109,6 +109,8 @@ type Broker struct {
 	// claim left many tasks waiting.
 	settling atomic.Int64
 	backlog  atomic.Bool
+	// turnsDirty says claims rewrote turns since the last vacuum of it.
+	turnsDirty atomic.Bool
 
 	settles    chan *settleReq
 	enqueues   chan *enqueueReq

@@ -516,6 +516,7 @@ func (b *Broker) claim(ctx context.Context, n int) (_ []claimedTask, retryIn tim
 	// statement that writes the counters.
 	batch = &pgx.Batch{}
 	if len(served) > 0 {
+		b.turnsDirty.Store(true)
 		var typs, keys []string
 		var levels []int16
 		var stamps []int64

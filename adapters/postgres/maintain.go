@@ -29,17 +29,26 @@ func (b *Broker) maintainLoop() {
 			return
 		case <-tick.C:
 		}
-		if n, err := b.promote(ctx); err != nil {
-			b.maintenanceError("promote due tasks", err)
+		due, expired, err := b.anythingDue(ctx)
+		if err != nil {
+			b.maintenanceError("look for due tasks", err)
 			continue
-		} else if n > 0 {
-			b.wake()
 		}
-		if n, err := b.recoverExpired(ctx); err != nil {
-			b.maintenanceError("recover expired leases", err)
-			continue
-		} else if n > 0 {
-			b.wake()
+		if due {
+			if n, err := b.promote(ctx); err != nil {
+				b.maintenanceError("promote due tasks", err)
+				continue
+			} else if n > 0 {
+				b.wake()
+			}
+		}
+		if expired {
+			if n, err := b.recoverExpired(ctx); err != nil {
+				b.maintenanceError("recover expired leases", err)
+				continue
+			} else if n > 0 {
+				b.wake()
+			}
 		}
 		if now := time.Now(); now.Sub(lastPrune) >= time.Second {
 			lastPrune = now
@@ -48,6 +57,18 @@ func (b *Broker) maintainLoop() {
 			}
 		}
 	}
+}
+
+// anythingDue reports, in one statement outside any transaction, whether
+// a scheduled or retrying task is due and whether a lease has run out:
+// an idle queue costs one cheap read per tick.
+func (b *Broker) anythingDue(ctx context.Context) (due, expired bool, err error) {
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
+	now := nanos(b.opts.Now())
+	err = b.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+b.s+".tasks WHERE status IN (3, 6) AND due_at <= $1), "+
+		"EXISTS (SELECT 1 FROM "+b.s+".tasks WHERE status = 2 AND lease_until < $1)", now).Scan(&due, &expired)
+	return due, expired, classify(ctx, err)
 }
 
 func (b *Broker) maintenanceError(what string, err error) {
@@ -190,7 +211,11 @@ func (b *Broker) prune(ctx context.Context) error {
 	// The turns table is small and every claim of keyed tasks rewrites
 	// some of its rows: its index fills with dead entries that each
 	// claim would step over, long before autovacuum's next round (a
-	// minute apart by default). Vacuuming it is cheap; do it here.
+	// minute apart by default). Vacuuming it is cheap; do it here, when
+	// this instance's claims rewrote turns since the last time.
+	if !b.turnsDirty.Swap(false) {
+		return nil
+	}
 	_, err := b.pool.Exec(ctx, "VACUUM (SKIP_LOCKED) "+b.s+".turns")
 	return classify(ctx, err)
 }
