@@ -109,8 +109,12 @@ type Broker struct {
 	// claim left many tasks waiting.
 	settling atomic.Int64
 	backlog  atomic.Bool
-	// turnsDirty says claims rewrote turns since the last vacuum of it.
+	// turnsDirty says claims rewrote turns since the last vacuum of it;
+	// moved counts the rows this instance moved since it last vacuumed
+	// the tasks table (maintenance only), at lastVacuum.
 	turnsDirty atomic.Bool
+	moved      atomic.Int64
+	lastVacuum time.Time
 
 	settles    chan *settleReq
 	enqueues   chan *enqueueReq
@@ -139,10 +143,13 @@ const (
 	maxClaim   = 256
 	maxSettle  = 256
 	maxEnqueue = 1000
+	// vacuumAfter and vacuumEvery: see vacuumIfChurned.
+	vacuumAfter = 20000
+	vacuumEvery = 5 * time.Second
 	// gather is how long a claim or a settle waits for more of the same
 	// while other attempts of the instance are running: a bigger batch
 	// is one commit for many.
-	gather     = 500 * time.Microsecond
+	gather     = 250 * time.Microsecond
 	pruneBatch = 500
 )
 
@@ -720,6 +727,7 @@ func (b *Broker) write(ctx context.Context, ms moves) ([]uuid.UUID, error) {
 	if err != nil {
 		return nil, classify(ctx, err)
 	}
+	b.moved.Add(int64(len(ids)))
 	return ids, nil
 }
 

@@ -550,6 +550,7 @@ ON CONFLICT (type) DO UPDATE SET tokens = excluded.tokens, at = excluded.at`, ty
 	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
 		return nil, 0, 0, classify(ctx, err)
 	}
+	b.moved.Add(int64(moved))
 	if moved != len(ms) {
 		// Cannot happen while the rows are locked; say so if it does.
 		return nil, 0, 0, errors.New("postgres: a claimed task changed under its row lock")

@@ -55,6 +55,9 @@ func (b *Broker) maintainLoop() {
 			if err := b.prune(ctx); err != nil {
 				b.maintenanceError("prune finished tasks", err)
 			}
+			if err := b.vacuumIfChurned(ctx); err != nil {
+				b.maintenanceError("vacuum the tasks table", err)
+			}
 		}
 	}
 }
@@ -260,6 +263,33 @@ WHERE x.type = d.type AND x.priority = d.priority AND x.fkey = d.fkey AND NOT EX
 			return nil
 		}
 	}
+}
+
+// vacuumIfChurned vacuums the tasks table once this instance has moved
+// vacuumAfter rows since the last time (at most every vacuumEvery, and
+// one instance at a time): every claim passes over the index entries
+// of tasks claimed before it until a vacuum removes them, and
+// autovacuum looks at a table at most once a minute by default, while a
+// busy queue turns over tens of thousands of rows in that time.
+func (b *Broker) vacuumIfChurned(ctx context.Context) error {
+	if b.moved.Load() < vacuumAfter || time.Since(b.lastVacuum) < vacuumEvery {
+		return nil
+	}
+	conn, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return classify(ctx, err)
+	}
+	defer conn.Release()
+	key := lockKey(b.opts.Schema, "vacuum")
+	var got bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil || !got {
+		return classify(ctx, err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key) }()
+	b.moved.Store(0)
+	b.lastVacuum = time.Now()
+	_, err = conn.Exec(ctx, "VACUUM (SKIP_LOCKED) "+b.s+".tasks")
+	return classify(ctx, err)
 }
 
 // pruneWhere deletes finished tasks matching cond (with $1), in batches,
