@@ -271,7 +271,7 @@ func (b *Broker) Stats(ctx context.Context) (ports.Stats, error) {
 	})
 	batch.Queue(`SELECT c.type, h.pending_since FROM (
   SELECT type FROM ` + b.s + `.counts WHERE status = 1 GROUP BY type HAVING sum(n) > 0) c,
-LATERAL (SELECT pending_since FROM ` + b.s + `.tasks t WHERE t.status = 1 AND t.type = c.type ORDER BY t.seq LIMIT 1) h`).Query(func(rows pgx.Rows) error {
+LATERAL (SELECT pending_since FROM ` + b.s + `.tasks t WHERE t.status = 1 AND t.seq > 0 AND t.type = c.type ORDER BY t.seq LIMIT 1) h`).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var typ string
 			var since *int64

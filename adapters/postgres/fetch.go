@@ -369,7 +369,7 @@ func candidateSQL(s string) string {
 SELECT k.turn, t.* FROM k, LATERAL (
   SELECT ` + taskCols + ` FROM ` + s + `.tasks t
   WHERE t.status = 1 AND t.type = k.type AND t.priority = k.priority AND t.fkey = k.fkey
-  ORDER BY t.seq LIMIT ceil($2::float8 / least(k.nk, $2))::int8 FOR UPDATE SKIP LOCKED) t`
+  ORDER BY t.type, t.priority, t.fkey, t.seq LIMIT ceil($2::float8 / least(k.nk, $2))::int8 FOR UPDATE SKIP LOCKED) t`
 }
 
 // keyQueue is one key's locked candidates in one type and priority.

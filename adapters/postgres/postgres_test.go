@@ -290,3 +290,41 @@ func BenchmarkFlowSubmitToStart(b *testing.B) {
 		})
 	}
 }
+
+// crossInstanceWake has instance a take a task submitted to instance b
+// and returns how long that took.
+func crossInstanceWake(t *testing.T, edit func(*postgres.Options)) time.Duration {
+	schema := pgserver.Schema(t, pgserver.URL(t))
+	a, b := newBroker(t, schema, edit), newBroker(t, schema, edit)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make(chan time.Time, 1)
+	go func() {
+		if _, err := a.Dequeue(ctx); err != nil {
+			t.Error(err)
+		}
+		got <- time.Now()
+	}()
+	time.Sleep(100 * time.Millisecond) // a waits first; not an assertion
+	at := time.Now()
+	if err := b.Enqueue(ctx, brokertest.NewTask(t, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	return (<-got).Sub(at)
+}
+
+// Another instance's submission wakes an idle instance through NOTIFY,
+// not the poll: with a poll of an hour it still starts at once.
+func TestNotifyWakesOtherInstances(t *testing.T) {
+	if d := crossInstanceWake(t, func(o *postgres.Options) { o.PollInterval = time.Hour }); d > time.Second {
+		t.Fatalf("the other instance started the task after %v; NOTIFY should wake it at once", d)
+	}
+}
+
+// With PollOnly (no LISTEN, for transaction poolers) instances find
+// each other's submissions by polling, every 100 ms by default.
+func TestPollOnlyFindsOtherInstancesWork(t *testing.T) {
+	if d := crossInstanceWake(t, func(o *postgres.Options) { o.PollOnly = true }); d > time.Second {
+		t.Fatalf("the other instance started the task after %v; want within the 100 ms poll", d)
+	}
+}

@@ -50,8 +50,10 @@ CREATE TABLE {{schema}}.tasks (
 -- key, oldest first. A skip scan over it finds every key's head.
 CREATE INDEX tasks_ready ON {{schema}}.tasks (type, priority, fkey, seq) WHERE status = 1;
 -- Pending tasks of each type in the order they became pending: the
--- oldest pending task of a type (Stats) is one probe.
-CREATE INDEX tasks_pending_order ON {{schema}}.tasks (type, seq) WHERE status = 1;
+-- oldest pending task of a type (Stats) is one probe. (Every pending
+-- task has a seq above 0; saying so in the predicate keeps the planner
+-- from using this index for a claim, which tasks_ready serves.)
+CREATE INDEX tasks_pending_order ON {{schema}}.tasks (type, seq) WHERE status = 1 AND seq > 0;
 -- Scheduled and retrying tasks by when they are due.
 CREATE INDEX tasks_due ON {{schema}}.tasks (due_at) WHERE status IN (3, 6);
 -- Running attempts by when their lease runs out, and by key (key limits).
