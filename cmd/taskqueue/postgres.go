@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
 
@@ -36,22 +35,10 @@ func openPostgres(ctx context.Context, cfg config, runs []string, log logrus.Fie
 	if err != nil {
 		return openedBroker{}, err
 	}
-	var closed atomic.Bool
-	return openedBroker{Broker: pb, close: func(ctx context.Context) {
-		if closed.Swap(true) {
-			return
-		}
-		counts, err := pb.Counts(ctx)
-		pb.Close(ctx)
-		if err != nil {
-			log.WithError(err).Warn("taskqueue stopped; could not count the tasks left in Postgres")
-			return
-		}
-		log.WithFields(logrus.Fields{"pending": counts.Pending, "scheduled_or_retrying": counts.Waiting, "running": counts.Running}).
-			Info("taskqueue stopped; tasks stay in Postgres for the other instances or the next start")
-	}, left: func() logrus.Fields {
-		return logrus.Fields{"held_attempts": pb.Held(), "note": "tasks stay in Postgres; attempts left running are recovered by another instance when their lease runs out, as failed attempts"}
-	}}, nil
+	return sharedOpened(pb, "Postgres", func(ctx context.Context) (logrus.Fields, error) {
+		c, err := pb.Counts(ctx)
+		return logrus.Fields{"pending": c.Pending, "scheduled_or_retrying": c.Waiting, "running": c.Running}, err
+	}, log), nil
 }
 
 // migrate is `taskqueue migrate`: it applies the Postgres schema

@@ -486,22 +486,10 @@ func openBroker(ctx context.Context, cfg config, runs []string, log logrus.Field
 		if err != nil {
 			return openedBroker{}, err
 		}
-		var closed atomic.Bool
-		return openedBroker{Broker: rb, close: func(ctx context.Context) {
-			if closed.Swap(true) {
-				return
-			}
-			counts, err := rb.Counts(ctx)
-			rb.Close(ctx)
-			if err != nil {
-				log.WithError(err).Warn("taskqueue stopped; could not count the tasks left in Redis")
-				return
-			}
-			log.WithFields(logrus.Fields{"pending": counts.Pending, "scheduled_or_retrying": counts.Waiting, "running": counts.Running}).
-				Info("taskqueue stopped; tasks stay in Redis for the other instances or the next start")
-		}, left: func() logrus.Fields {
-			return logrus.Fields{"held_attempts": rb.Held(), "note": "tasks stay in Redis; attempts left running are recovered by another instance when their lease runs out, as failed attempts"}
-		}}, nil
+		return sharedOpened(rb, "Redis", func(ctx context.Context) (logrus.Fields, error) {
+			c, err := rb.Counts(ctx)
+			return logrus.Fields{"pending": c.Pending, "scheduled_or_retrying": c.Waiting, "running": c.Running}, err
+		}, log), nil
 	}
 	mem, err := memory.New(memory.Options{
 		QueueSize: cfg.QueueSize, MemoryLimit: cfg.MemoryLimit,
@@ -520,6 +508,34 @@ func openBroker(ctx context.Context, cfg config, runs []string, log logrus.Field
 		counts := mem.Counts()
 		return logrus.Fields{"pending_dropped": counts.Pending, "retrying_dropped": counts.Retrying, "scheduled_dropped": counts.Scheduled, "running_dropped": counts.Running}
 	}}, nil
+}
+
+// sharedBroker is a broker that instances share (Redis, Postgres): tasks
+// stay in it when this instance stops.
+type sharedBroker interface {
+	ports.Broker
+	Close(ctx context.Context) (stillHeld int)
+	Held() int
+}
+
+// sharedOpened says how to close b, a broker kept in name, logging what
+// counts reports it still holds.
+func sharedOpened(b sharedBroker, name string, counts func(context.Context) (logrus.Fields, error), log logrus.FieldLogger) openedBroker {
+	var closed atomic.Bool
+	return openedBroker{Broker: b, close: func(ctx context.Context) {
+		if closed.Swap(true) {
+			return
+		}
+		fields, err := counts(ctx)
+		b.Close(ctx)
+		if err != nil {
+			log.WithError(err).Warn("taskqueue stopped; could not count the tasks left in " + name)
+			return
+		}
+		log.WithFields(fields).Info("taskqueue stopped; tasks stay in " + name + " for the other instances or the next start")
+	}, left: func() logrus.Fields {
+		return logrus.Fields{"held_attempts": b.Held(), "note": "tasks stay in " + name + "; attempts left running are recovered by another instance when their lease runs out, as failed attempts"}
+	}}
 }
 
 // reload re-reads the API key file and the TLS certificate (SIGHUP). What

@@ -186,29 +186,14 @@ func (o *ours) broker() *redis.Broker {
 }
 
 func (o *ours) enqueue(n, p int) error {
-	b := o.broker()
-	defer b.Close(context.Background())
-	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, o.log)
-	body := payloadBytes(*payload)
-	return parallel(n, p, func(int) error {
-		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: body})
-		return err
-	})
+	return serviceEnqueue(func() queueBroker { return o.broker() }, n, p, o.log)
 }
 
 // run starts c workers whose handler calls fn, and returns a stop function.
 func (o *ours) run(c int, fn func(*domain.Task)) func() {
 	b := o.broker()
-	pool, err := workerpool.New(c, o.log)
-	check(err)
-	policy, _ := domain.NewRetryPolicy(time.Second, time.Minute)
-	h := ports.HandlerFunc(func(_ context.Context, t *domain.Task) error { fn(t); return nil })
-	proc := application.NewProcessor(b, pool, map[string]ports.Handler{"noop": h},
-		application.ProcessorConfig{Policy: policy, TaskTimeout: time.Minute}, o.log)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = proc.Run(ctx); close(done) }()
-	return func() { cancel(); <-done; pool.Stop(10*time.Second, time.Second); b.Close(context.Background()) }
+	stop := runProcessor(b, c, fn, o.log)
+	return func() { stop(); b.Close(context.Background()) }
 }
 
 func (o *ours) drain(n, c int) error {
@@ -220,25 +205,7 @@ func (o *ours) drain(n, c int) error {
 }
 
 func (o *ours) latency(r int, d time.Duration, c int) ([]time.Duration, error) {
-	var mu sync.Mutex
-	var lat []time.Duration
-	stop := o.run(c, func(t *domain.Task) {
-		var p struct{ T int64 }
-		_ = json.Unmarshal(t.Payload(), &p)
-		mu.Lock()
-		lat = append(lat, time.Since(time.Unix(0, p.T)))
-		mu.Unlock()
-	})
-	b := o.broker()
-	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, o.log)
-	sent := steady(r, d, func() error {
-		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: stamp()})
-		return err
-	})
-	waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) >= sent })
-	stop()
-	b.Close(context.Background())
-	return lat, nil
+	return serviceLatency(func() queueBroker { return o.broker() }, o.run, r, d, c, o.log), nil
 }
 
 func (o *ours) idle(c int, d time.Duration) error {
@@ -257,6 +224,80 @@ func (o *ours) cleanup() {
 	for iter.Next(ctx) {
 		c.Del(ctx, iter.Val())
 	}
+}
+
+// queueBroker is a broker the benchmark opens and closes.
+type queueBroker interface {
+	ports.Broker
+	Close(ctx context.Context) int
+}
+
+// serviceEnqueue submits n tasks one by one from p producers through the
+// real service on a broker from open.
+func serviceEnqueue(open func() queueBroker, n, p int, log logrus.FieldLogger) error {
+	b := open()
+	defer b.Close(context.Background())
+	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, log)
+	body := payloadBytes(*payload)
+	return parallel(n, p, func(int) error {
+		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: body})
+		return err
+	})
+}
+
+// runProcessor runs c workers of the real processor on b, whose handler
+// calls fn, and returns a function that stops them (not b).
+func runProcessor(b ports.Broker, c int, fn func(*domain.Task), log logrus.FieldLogger) func() {
+	pool, err := workerpool.New(c, log)
+	check(err)
+	policy, _ := domain.NewRetryPolicy(time.Second, time.Minute)
+	h := ports.HandlerFunc(func(_ context.Context, t *domain.Task) error { fn(t); return nil })
+	proc := application.NewProcessor(b, pool, map[string]ports.Handler{"noop": h},
+		application.ProcessorConfig{Policy: policy, TaskTimeout: time.Minute}, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = proc.Run(ctx); close(done) }()
+	return func() { cancel(); <-done; pool.Stop(10*time.Second, time.Second) }
+}
+
+// serviceLatency submits r tasks a second for d through the real service
+// while workers started by run take them, and returns the waits from
+// submission to handler.
+func serviceLatency(open func() queueBroker, run func(int, func(*domain.Task)) func(), r int, d time.Duration, c int, log logrus.FieldLogger) []time.Duration {
+	var mu sync.Mutex
+	var lat []time.Duration
+	stop := run(c, func(t *domain.Task) {
+		var p struct{ T int64 }
+		_ = json.Unmarshal(t.Payload(), &p)
+		mu.Lock()
+		lat = append(lat, time.Since(time.Unix(0, p.T)))
+		mu.Unlock()
+	})
+	b := open()
+	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, log)
+	sent := steady(r, d, func() error {
+		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: stamp()})
+		return err
+	})
+	waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) >= sent })
+	stop()
+	b.Close(context.Background())
+	return lat
+}
+
+// drainWithin starts workers with start (their handler calls ran once per
+// task) until n tasks ran or limit passed, and returns how many ran.
+func drainWithin(n int, limit time.Duration, start func(ran func()) (stop func())) int {
+	done, finished := countTo(n)
+	var count atomic.Int64
+	stop := start(func() { count.Add(1); done() })
+	select {
+	case <-finished:
+	case <-time.After(limit):
+	}
+	got := int(count.Load())
+	stop()
+	return got
 }
 
 // ---- asynq ----

@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -26,7 +25,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/taskqueue/taskqueue/adapters/postgres"
-	"github.com/taskqueue/taskqueue/adapters/workerpool"
 	"github.com/taskqueue/taskqueue/application"
 	"github.com/taskqueue/taskqueue/domain"
 	"github.com/taskqueue/taskqueue/ports"
@@ -167,14 +165,7 @@ func (o *oursPG) broker() *postgres.Broker {
 }
 
 func (o *oursPG) enqueue(n, p int) error {
-	b := o.broker()
-	defer b.Close(context.Background())
-	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, o.log)
-	body := payloadBytes(*payload)
-	return parallel(n, p, func(int) error {
-		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: body})
-		return err
-	})
+	return serviceEnqueue(func() queueBroker { return o.broker() }, n, p, o.log)
 }
 
 func (o *oursPG) enqueueBatches(n, size int) error {
@@ -196,51 +187,16 @@ func (o *oursPG) enqueueBatches(n, size int) error {
 
 func (o *oursPG) run(c int, fn func(*domain.Task)) func() {
 	b := o.broker()
-	pool, err := workerpool.New(c, o.log)
-	check(err)
-	policy, _ := domain.NewRetryPolicy(time.Second, time.Minute)
-	h := ports.HandlerFunc(func(_ context.Context, t *domain.Task) error { fn(t); return nil })
-	proc := application.NewProcessor(b, pool, map[string]ports.Handler{"noop": h},
-		application.ProcessorConfig{Policy: policy, TaskTimeout: time.Minute}, o.log)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = proc.Run(ctx); close(done) }()
-	return func() { cancel(); <-done; pool.Stop(10*time.Second, time.Second); b.Close(context.Background()) }
+	stop := runProcessor(b, c, fn, o.log)
+	return func() { stop(); b.Close(context.Background()) }
 }
 
 func (o *oursPG) drain(n, c int, limit time.Duration) (int, error) {
-	ran, finished := countTo(n)
-	var count atomic.Int64
-	stop := o.run(c, func(*domain.Task) { count.Add(1); ran() })
-	select {
-	case <-finished:
-	case <-time.After(limit):
-	}
-	got := int(count.Load())
-	stop()
-	return got, nil
+	return drainWithin(n, limit, func(ran func()) func() { return o.run(c, func(*domain.Task) { ran() }) }), nil
 }
 
 func (o *oursPG) latency(r int, d time.Duration, c int) ([]time.Duration, error) {
-	var mu sync.Mutex
-	var lat []time.Duration
-	stop := o.run(c, func(t *domain.Task) {
-		var p struct{ T int64 }
-		_ = json.Unmarshal(t.Payload(), &p)
-		mu.Lock()
-		lat = append(lat, time.Since(time.Unix(0, p.T)))
-		mu.Unlock()
-	})
-	b := o.broker()
-	svc := application.NewService(b, application.ServiceConfig{Types: []string{"noop"}}, o.log)
-	sent := steady(r, d, func() error {
-		_, err := svc.Submit(context.Background(), ports.Submission{Type: "noop", Payload: stamp()})
-		return err
-	})
-	waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) >= sent })
-	stop()
-	b.Close(context.Background())
-	return lat, nil
+	return serviceLatency(func() queueBroker { return o.broker() }, o.run, r, d, c, o.log), nil
 }
 
 func (o *oursPG) cleanup() { dropSchema(o.url, o.schema) }
@@ -354,16 +310,7 @@ func (r *riverSystem) run(c int, fn func(noopArgs)) func() {
 }
 
 func (r *riverSystem) drain(n, c int, limit time.Duration) (int, error) {
-	ran, finished := countTo(n)
-	var count atomic.Int64
-	stop := r.run(c, func(noopArgs) { count.Add(1); ran() })
-	select {
-	case <-finished:
-	case <-time.After(limit):
-	}
-	got := int(count.Load())
-	stop()
-	return got, nil
+	return drainWithin(n, limit, func(ran func()) func() { return r.run(c, func(noopArgs) { ran() }) }), nil
 }
 
 func (r *riverSystem) latency(rate int, d time.Duration, c int) ([]time.Duration, error) {
