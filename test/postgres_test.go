@@ -5,9 +5,7 @@ import (
 	"errors"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -56,35 +54,8 @@ func TestPostgresTerminatedConnectionsUnderLoad(t *testing.T) {
 	args := postgresArgs(t, url)
 	app := args[3][strings.Index(args[3], "application_name=")+len("application_name="):]
 	servers := startN(t, 2, append(args, "--workers", "4", "--lease", "2s")...)
-	var mu sync.Mutex
-	var accepted []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, s := range servers {
-		wg.Add(1)
-		go func(s *server) {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				r := s.request("POST", "/task", `{"type":"noop"}`)
-				switch r.status {
-				case 202:
-					mu.Lock()
-					accepted = append(accepted, r.body["id"].(string))
-					mu.Unlock()
-				case 503:
-				default:
-					t.Errorf("status %d while connections are killed: %v", r.status, r.body)
-				}
-				time.Sleep(2 * time.Millisecond) // pacing the load, not an assertion
-			}
-		}(s)
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(accepted) }
+	load := startLoad(t, servers, false)
+	count := func() int { n, _ := load.counts(); return n }
 	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -103,18 +74,11 @@ func TestPostgresTerminatedConnectionsUnderLoad(t *testing.T) {
 	}
 	want := count() + 50
 	eventually(t, "submissions accepted after the last kill", func() bool { return count() >= want })
-	close(stop)
-	wg.Wait()
+	accepted := load.finish()
 	if killed < 5 {
 		t.Fatalf("killed %d connections in 5 rounds; the test did not reach the instances' connections", killed)
 	}
-	for i, id := range accepted {
-		s := servers[i%2]
-		eventually(t, "task "+id+" to succeed", func() bool {
-			r := s.request("GET", "/task/"+id, "")
-			return r.status == 200 && r.body["status"] == "succeeded"
-		})
-	}
+	waitSucceeded(t, servers, accepted)
 	t.Logf("%d connections killed, %d tasks accepted, all succeeded", killed, len(accepted))
 }
 

@@ -203,6 +203,79 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 	restartUnderLoad(t, redisArgs(t, srv.URL), srv.Kill, srv.Restart, "taking tasks from Redis again")
 }
 
+// load has servers take no-op submissions in a loop, paced, until
+// finish: 202s are recorded as accepted, 503s counted (with check503,
+// each must carry Retry-After: 1 and say the broker is unavailable), and
+// any other answer fails the test.
+type load struct {
+	mu       sync.Mutex
+	accepted []string
+	refused  int
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func startLoad(t *testing.T, servers []*server, check503 bool) *load {
+	l := &load{stop: make(chan struct{})}
+	for _, s := range servers {
+		l.wg.Add(1)
+		go func(s *server) {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				r := s.request("POST", "/task", `{"type":"noop"}`)
+				l.mu.Lock()
+				switch r.status {
+				case 202:
+					l.accepted = append(l.accepted, r.body["id"].(string))
+				case 503:
+					l.refused++
+					if check503 && (r.header.Get("Retry-After") != "1" || !strings.Contains(r.body["error"].(string), "unavailable")) {
+						t.Errorf("503 during outage: %v %v", r.header, r.body)
+					}
+				default:
+					t.Errorf("status %d during outage: %v", r.status, r.body)
+				}
+				l.mu.Unlock()
+				time.Sleep(2 * time.Millisecond) // pacing the load, not an assertion
+			}
+		}(s)
+	}
+	return l
+}
+
+// counts returns how many submissions were accepted and refused so far.
+func (l *load) counts() (accepted, refused int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.accepted), l.refused
+}
+
+// finish stops the load and returns the ids accepted.
+func (l *load) finish() []string {
+	close(l.stop)
+	l.wg.Wait()
+	return l.accepted
+}
+
+// waitSucceeded waits for every task of ids to succeed, reading task i
+// on servers[i%len(servers)].
+func waitSucceeded(t *testing.T, servers []*server, ids []string) {
+	for i, id := range ids {
+		s := servers[i%len(servers)]
+		eventually(t, "task "+id+" to succeed", func() bool {
+			r := s.request("GET", "/task/"+id, "")
+			// Right after a restart a pooled connection can still be a
+			// dead one: that is a clean 503, and the next call is fine.
+			return r.status == 200 && r.body["status"] == "succeeded"
+		})
+	}
+}
+
 // restartUnderLoad: two instances take submissions while the broker is
 // killed and restarted; during the outage they answer 503 with
 // Retry-After, /healthz stays 200, and every accepted task succeeds.
@@ -212,63 +285,20 @@ func restartUnderLoad(t *testing.T, base []string, kill, restart func(), again s
 	// in time.
 	args := append(base, "--workers", "4", "--lease", "2s")
 	servers := startN(t, 2, args...)
-	var mu sync.Mutex
-	var accepted []string
-	refused := 0
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 2; i++ {
-		wg.Add(1)
-		go func(s *server) {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				r := s.request("POST", "/task", `{"type":"noop"}`)
-				mu.Lock()
-				switch r.status {
-				case 202:
-					accepted = append(accepted, r.body["id"].(string))
-				case 503:
-					refused++
-					if r.header.Get("Retry-After") != "1" || !strings.Contains(r.body["error"].(string), "unavailable") {
-						t.Errorf("503 during outage: %v %v", r.header, r.body)
-					}
-				default:
-					t.Errorf("status %d during outage: %v", r.status, r.body)
-				}
-				mu.Unlock()
-				time.Sleep(2 * time.Millisecond) // pacing the load, not an assertion
-			}
-		}(servers[i])
-	}
-	count := func() (int, int) { mu.Lock(); defer mu.Unlock(); return len(accepted), refused }
-	eventually(t, "load before the outage", func() bool { n, _ := count(); return n >= 100 })
+	load := startLoad(t, servers, true)
+	eventually(t, "load before the outage", func() bool { n, _ := load.counts(); return n >= 100 })
 	kill()
-	eventually(t, "submissions refused while the broker is down", func() bool { _, r := count(); return r >= 20 })
+	eventually(t, "submissions refused while the broker is down", func() bool { _, r := load.counts(); return r >= 20 })
 	if r := servers[0].request("GET", "/healthz", ""); r.status != 200 {
 		t.Fatalf("/healthz while the broker is down: %d", r.status)
 	}
 	if r := servers[0].request("GET", "/readyz", ""); r.status != 503 {
 		t.Fatalf("/readyz while the broker is down: %d; want 503", r.status)
 	}
-	before, _ := count()
+	before, _ := load.counts()
 	restart()
-	eventually(t, "submissions accepted again", func() bool { n, _ := count(); return n >= before+100 })
-	close(stop)
-	wg.Wait()
-	for i, id := range accepted {
-		s := servers[i%2]
-		eventually(t, "task "+id+" to succeed", func() bool {
-			r := s.request("GET", "/task/"+id, "")
-			// Right after the restart a pooled connection can still be a
-			// dead one: that is a clean 503, and the next call is fine.
-			return r.status == 200 && r.body["status"] == "succeeded"
-		})
-	}
+	eventually(t, "submissions accepted again", func() bool { n, _ := load.counts(); return n >= before+100 })
+	waitSucceeded(t, servers, load.finish())
 	resumed := 0
 	for _, s := range servers {
 		if s.findLog(again) != nil {

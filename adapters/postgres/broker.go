@@ -503,7 +503,7 @@ func (b *Broker) insertMany(ctx context.Context, reqs []*enqueueReq) ([]error, e
 	}
 	batch = &pgx.Batch{}
 	if len(tasks) > 0 {
-		q, args := insertArgs(b.s, tasks, b.opts.Now(), 0) // counted above
+		q, args := insertArgs(b.s, tasks, 0) // counted above
 		batch.Queue(q, args...)
 	}
 	batch.Queue("COMMIT")
@@ -519,7 +519,7 @@ func (b *Broker) insertMany(ctx context.Context, reqs []*enqueueReq) ([]error, e
 func (b *Broker) insert(ctx context.Context, tasks []*domain.Task) error {
 	ctx, cancel := opCtx(ctx)
 	defer cancel()
-	q, args := insertArgs(b.s, tasks, b.opts.Now(), b.opts.QueueSize)
+	q, args := insertArgs(b.s, tasks, b.opts.QueueSize)
 	batch := &pgx.Batch{}
 	batch.Queue("SELECT pg_advisory_xact_lock($1)", b.boundKey())
 	var stored int64

@@ -81,12 +81,6 @@ func (b *Broker) wake() {
 	}
 }
 
-func (b *Broker) waiters() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.waiting)
-}
-
 // stopCtx returns a context cancelled when the broker closes.
 func (b *Broker) stopCtx() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -126,7 +127,10 @@ type moves []move
 
 // sql returns the statement that writes ms in schema s, and its arguments.
 func (ms moves) args(s string) (string, []any) {
-	sort.Slice(ms, func(i, j int) bool { return string(ms[i].task.ID().String()) < ms[j].task.ID().String() })
+	sort.Slice(ms, func(i, j int) bool {
+		a, b := ms[i].task.ID(), ms[j].task.ID()
+		return bytes.Compare(a[:], b[:]) < 0
+	})
 	n := len(ms)
 	ids := make([]uuid.UUID, n)
 	oldStatus, status := make([]int16, n), make([]int16, n)
@@ -206,7 +210,7 @@ func turnsUpsert(s, from string) string {
 // the waiting tasks and those of the batch that wait fit under size, and
 // its arguments. It returns how many rows it stored: all or none. A size
 // of 0 stores them without counting (the caller did, under the lock).
-func insertArgs(s string, tasks []*domain.Task, now time.Time, size int) (string, []any) {
+func insertArgs(s string, tasks []*domain.Task, size int) (string, []any) {
 	n := len(tasks)
 	ids := make([]uuid.UUID, n)
 	types, keys, lastError := make([]string, n), make([]string, n), make([]string, n)
